@@ -1,0 +1,70 @@
+import type { ErrorKind } from './kinds.ts'
+
+export interface CodeSpec {
+  readonly kind: ErrorKind
+  /** One line: what went wrong. */
+  readonly summary: string
+  /** What the user can do about it. */
+  readonly hint: string
+}
+
+/**
+ * Every stable error code naiad emits. docs/errors.md lists the same codes (a test keeps the two
+ * in step). Codes are `NAIAD_<AREA>_<WHAT>`; never rename one, only add.
+ */
+export const CODES = {
+  // configuration
+  NAIAD_CFG_INVALID: { kind: 'InvalidArgument', summary: 'the configuration file does not match the schema', hint: 'fix every key the message lists; unknown keys are rejected, see docs/config/' },
+  NAIAD_CFG_NOT_FOUND: { kind: 'NotFound', summary: 'an explicitly named configuration file does not exist', hint: 'check the --config path' },
+  NAIAD_CFG_PARSE: { kind: 'InvalidArgument', summary: 'the configuration file is not valid TOML', hint: 'the message names the line and column' },
+
+  // command line
+  NAIAD_CLI_USAGE: { kind: 'InvalidArgument', summary: 'a command-line flag or argument is invalid', hint: 'run the command with --help' },
+  NAIAD_CLI_CHECK_MISMATCH: { kind: 'DataLoss', summary: 'naiad check found differences between source and converted image', hint: 'the diff lists each differing entry; reconvert the image' },
+
+  // digests
+  NAIAD_DIGEST_INVALID: { kind: 'InvalidArgument', summary: 'a digest string is malformed', hint: 'digests look like sha256:<64 lowercase hex>' },
+  NAIAD_DIGEST_MISMATCH: { kind: 'DataLoss', summary: 'content does not match its digest', hint: 'the source is corrupt or was changed in transit; retry, or check the registry or mirror' },
+  NAIAD_DIGEST_UNSUPPORTED: { kind: 'NotImplemented', summary: 'the digest algorithm is not supported', hint: 'use sha256' },
+
+  // references and OCI objects
+  NAIAD_REF_INVALID: { kind: 'InvalidArgument', summary: 'an image reference cannot be parsed', hint: 'use host[:port]/repo[:tag][@digest] or oci:<dir>[:<tag>]' },
+  NAIAD_OCI_BAD_MANIFEST: { kind: 'InvalidArgument', summary: 'a manifest, index or config is malformed', hint: 'the registry returned something that is not a valid OCI or Docker schema2 document' },
+  NAIAD_OCI_UNSUPPORTED_MEDIA_TYPE: { kind: 'NotImplemented', summary: 'a manifest or layer has a media type naiad does not handle', hint: 'supported: OCI and Docker schema2 manifests and indexes; tar, tar+gzip, tar+zstd layers' },
+  NAIAD_OCI_NO_PLATFORM: { kind: 'NotFound', summary: 'no manifest in the index matches the requested platform', hint: 'pass --platform os/arch (or all); the message lists what the index offers' },
+  NAIAD_OCI_LAYOUT: { kind: 'InvalidArgument', summary: 'an OCI image layout directory is missing or malformed', hint: 'the directory needs oci-layout and index.json' },
+
+  // registry
+  NAIAD_REG_UNAUTHORIZED: { kind: 'Unauthenticated', summary: 'the registry refused the credentials (401)', hint: 'log in (docker login) or check ~/.docker/config.json; tokens may have expired' },
+  NAIAD_REG_DENIED: { kind: 'PermissionDenied', summary: 'the registry denied access (403)', hint: 'the credentials lack pull or push rights on this repository' },
+  NAIAD_REG_NOT_FOUND: { kind: 'NotFound', summary: 'the registry has no such manifest or blob (404)', hint: 'check the reference, tag and repository name' },
+  NAIAD_REG_UNAVAILABLE: { kind: 'Unavailable', summary: 'the registry could not be reached or kept failing', hint: 'check the address, --plain-http for HTTP registries, and the network; retried with backoff before failing' },
+  NAIAD_REG_PROTOCOL: { kind: 'Internal', summary: 'the registry answered in a way the distribution spec does not allow', hint: 'the message quotes the status and body; a proxy in front of the registry may be interfering' },
+  NAIAD_REG_RANGE_UNSUPPORTED: { kind: 'FailedPrecondition', summary: 'the registry ignored a Range request', hint: 'lazy loading needs HTTP Range support on blob GETs' },
+  NAIAD_REG_TIMEOUT: { kind: 'DeadlineExceeded', summary: 'a registry request timed out', hint: 'raise the timeout or check the network' },
+  NAIAD_REG_CREDENTIAL_HELPER: { kind: 'Unauthenticated', summary: 'a docker credential helper failed', hint: 'run the docker-credential-<helper> named in the message by hand to see why' },
+
+  // format (RAFS v6 bootstrap and data blob)
+  NAIAD_FMT_TRUNCATED: { kind: 'DataLoss', summary: 'a bootstrap or blob ends before a structure it declares', hint: 'the file is truncated; fetch it again' },
+  NAIAD_FMT_BAD_MAGIC: { kind: 'DataLoss', summary: 'a magic number is wrong: not a RAFS v6 bootstrap or Nydus blob', hint: 'check that the file is a RAFS v6 (EROFS) bootstrap or a Nydus v6 blob' },
+  NAIAD_FMT_UNSUPPORTED: { kind: 'NotImplemented', summary: 'the image uses a RAFS feature naiad does not read', hint: 'the message names the feature (e.g. RAFS v5, ZRAN, encryption, batch chunks)' },
+  NAIAD_FMT_CORRUPT: { kind: 'DataLoss', summary: 'a bootstrap or blob field is out of range or inconsistent', hint: 'the message names the field; the image is corrupt or was written by a buggy tool' },
+  NAIAD_FMT_CHUNK_DIGEST: { kind: 'DataLoss', summary: 'a chunk does not match its digest', hint: 'the blob is corrupt; it is never served; fetch again from another source' },
+  NAIAD_FMT_DECOMPRESS: { kind: 'DataLoss', summary: 'a chunk failed to decompress', hint: 'the blob is corrupt or uses an unexpected compressor' },
+  NAIAD_FMT_OPTION: { kind: 'InvalidArgument', summary: 'a format option is invalid', hint: 'chunk size: power of two 4KiB..16MiB; compressor: zstd, lz4_block, none; digest: blake3, sha256' },
+  NAIAD_FMT_LIMIT: { kind: 'ResourceExhausted', summary: 'the image exceeds a RAFS v6 limit', hint: 'the message names the limit (e.g. 255 blobs per image, 2^24 chunks per blob)' },
+
+  // layers (tar input)
+  NAIAD_TAR_CORRUPT: { kind: 'DataLoss', summary: 'a layer tar or its gzip stream is truncated or corrupt', hint: 'the source layer is damaged; pull it again or rebuild the image' },
+  NAIAD_TAR_UNSAFE_PATH: { kind: 'InvalidArgument', summary: 'a layer entry has an absolute path or a ".." component', hint: 'the layer tries to write outside the root filesystem; rebuild it with relative paths' },
+  NAIAD_TAR_UNSAFE_LINK: { kind: 'InvalidArgument', summary: 'a hard link in a layer points outside the image or at nothing', hint: 'rebuild the layer; hard links must name an earlier entry inside the image' },
+  NAIAD_TAR_UNSUPPORTED: { kind: 'NotImplemented', summary: 'a layer holds a tar entry type naiad cannot convert', hint: 'the message names the entry and its type' },
+
+  // generic
+  NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
+  NAIAD_CLOSED: { kind: 'FailedPrecondition', summary: 'the component was already closed', hint: 'this is a bug in the caller' },
+  NAIAD_INTERNAL: { kind: 'Internal', summary: 'an unexpected internal error', hint: 'please report it with the log' },
+  NAIAD_IO: { kind: 'Unavailable', summary: 'a local file operation failed', hint: 'the message names the path and the system error (disk full, permissions)' }
+} as const satisfies Record<string, CodeSpec>
+
+export type ErrorCode = keyof typeof CODES
