@@ -1,4 +1,7 @@
 #!/usr/bin/env node
-import { main } from '../converter/cli.ts'
+/**
+ * The `naiad` command: the composition root that registers every component's subcommands.
+ */
+import { run } from './program.ts'
 
-process.exitCode = await main(process.argv.slice(2))
+process.exitCode = await run(process.argv.slice(2), { stdout: process.stdout, stderr: process.stderr })
