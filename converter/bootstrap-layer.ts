@@ -35,8 +35,8 @@ export async function buildBootstrapLayer (bootstrap: Buffer, blobMetas: Array<{
   for (const e of entries) {
     await new Promise<void>((resolve, reject) => {
       const common = { name: e.name, mode: e.mode, uid: 0, gid: 0, uname: '', gname: '', mtime: new Date(0) }
-      if (e.data === undefined) pack.entry({ ...common, type: 'directory' }, (err) => { if (err != null) reject(err); else resolve() })
-      else pack.entry({ ...common, type: 'file', size: e.data.length }, e.data, (err) => { if (err != null) reject(err); else resolve() })
+      if (e.data === undefined) pack.entry({ ...common, type: 'directory' }, (err) => { if (err !== null && err !== undefined) reject(err); else resolve() })
+      else pack.entry({ ...common, type: 'file', size: e.data.length }, e.data, (err) => { if (err !== null && err !== undefined) reject(err); else resolve() })
     })
   }
   pack.finalize()

@@ -4,7 +4,7 @@
  * in process.
  */
 import { readFile, stat } from 'node:fs/promises'
-import { Command, InvalidArgumentError, Option } from 'commander'
+import { InvalidArgumentError, Option, type Command } from 'commander'
 import { NaiadError, isNaiadError } from '../lib/errors/index.ts'
 import { createLogger, type Logger, type LogLevel } from '../lib/log/index.ts'
 import { parseSize } from '../lib/config/index.ts'

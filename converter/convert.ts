@@ -10,7 +10,7 @@
  * behind a tag. The same input gives the same digests.
  */
 import { createReadStream } from 'node:fs'
-import { mkdtemp, rm, stat } from 'node:fs/promises'
+import { mkdir, mkdtemp, rm, stat } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { NaiadError, throwIfAborted } from '../lib/errors/index.ts'
@@ -274,6 +274,7 @@ function selectPrefetch (root: Inode, patterns: string[] | undefined): Inode[] {
 export async function convertImage (src: SourceImage, dst: TargetImage, platforms: Platform[] | 'all' | 'default', opts: ConvertOptions, log: Logger): Promise<ConvertResult> {
   const t0 = Date.now()
   const work = opts.workDir ?? await mkdtemp(join(tmpdir(), 'naiad-convert-'))
+  if (opts.workDir !== undefined) await mkdir(opts.workDir, { recursive: true })
   try {
     const root = await src.root(opts.signal)
     if (root.kind === 'manifest') {
@@ -283,6 +284,14 @@ export async function convertImage (src: SourceImage, dst: TargetImage, platform
       return { source: src.name, target: dst.name, digest: desc.digest, mediaType: desc.mediaType, platforms: [summary], durationMs: Date.now() - t0 }
     }
     const selected = src.selectPlatforms(root.index, platforms)
+    if (platforms !== 'all' && selected.length === 1) {
+      // one platform asked for (or the host's): a plain manifest, as nydusify --platform does
+      const m = selected[0]!
+      const manifest = await src.manifestAt(m, opts.signal)
+      const { desc, summary } = await convertManifest(src, dst, m, manifest, m.platform !== undefined ? platformString(m.platform) : 'unknown', opts, work, log)
+      await dst.tag(desc, opts.signal)
+      return { source: src.name, target: dst.name, digest: desc.digest, mediaType: desc.mediaType, platforms: [summary], durationMs: Date.now() - t0 }
+    }
     const entries: Descriptor[] = []
     const summaries: PlatformSummary[] = []
     for (const m of selected) {

@@ -5,7 +5,8 @@
  * named `.wh.NAME` / `.wh..wh..opq` in the layer directory, exactly as they appear in OCI layers.
  */
 import { execFileSync } from 'node:child_process'
-import { chmodSync, chownSync, copyFileSync, linkSync, mkdirSync, mkdtempSync, symlinkSync, writeFileSync, utimesSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs'
+import { chmodSync, chownSync, copyFileSync, linkSync, mkdirSync, mkdtempSync, readFileSync, symlinkSync, writeFileSync, utimesSync, openSync, closeSync, ftruncateSync, writeSync } from 'node:fs'
+import { createHash } from 'node:crypto'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 
@@ -140,4 +141,49 @@ export function fidelityLayers (): LayerBuilder[] {
     for (let i = 0; i < 50; i++) writeFileSync(join(r, 'copy', `small-${i}.txt`), `small file ${i}\n`.repeat(i + 1))
   }
   return [base, second, third]
+}
+
+/**
+ * A multi-platform image: one manifest per platform (different file content each), all listed in
+ * an OCI image index tagged `tag` in the layout.
+ */
+export function buildMultiPlatformImage (opts: { workDir: string, tag?: string, platforms: Array<{ architecture: string, variant?: string }> }): BuiltImage {
+  const tag = opts.tag ?? 'multi'
+  const layout = join(opts.workDir, 'layout')
+  const manifests: Array<{ mediaType: string, digest: string, size: number, platform: Record<string, string> }> = []
+  opts.platforms.forEach((p, i) => {
+    const t = `${p.architecture}${p.variant ?? ''}`
+    const sub = join(opts.workDir, `p${i}`)
+    mkdirSync(sub, { recursive: true })
+    if (i === 0) run('umoci', ['init', '--layout', layout])
+    run('umoci', ['new', '--image', `${layout}:${t}`])
+    const root = join(sub, 'root')
+    mkdirSync(join(root, 'etc'), { recursive: true })
+    writeFileSync(join(root, 'etc', 'arch'), `${t}\n`)
+    writeFileSync(join(root, 'etc', 'shared'), patternBytes(200_000, 7))
+    run('tar', ['--format=pax', '--numeric-owner', '--sort=name', '-C', root, '-cf', join(sub, 'l.tar'), '.'])
+    run('umoci', ['raw', 'add-layer', '--image', `${layout}:${t}`, join(sub, 'l.tar')])
+    run('umoci', ['config', '--image', `${layout}:${t}`, '--architecture', p.architecture, '--os', 'linux', '--config.cmd', '/bin/sh'])
+    const idx = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as { manifests: Array<{ mediaType: string, digest: string, size: number, annotations?: Record<string, string> }> }
+    const m = idx.manifests.find(x => x.annotations?.['org.opencontainers.image.ref.name'] === t)!
+    manifests.push({ mediaType: m.mediaType, digest: m.digest, size: m.size, platform: { os: 'linux', architecture: p.architecture, ...(p.variant !== undefined ? { variant: p.variant } : {}) } })
+  })
+  const index = Buffer.from(JSON.stringify({ schemaVersion: 2, mediaType: 'application/vnd.oci.image.index.v1+json', manifests }))
+  const digest = createHash('sha256').update(index).digest('hex')
+  writeFileSync(join(layout, 'blobs', 'sha256', digest), index)
+  const top = JSON.parse(readFileSync(join(layout, 'index.json'), 'utf8')) as { manifests: unknown[] }
+  top.manifests.push({ mediaType: 'application/vnd.oci.image.index.v1+json', digest: `sha256:${digest}`, size: index.length, annotations: { 'org.opencontainers.image.ref.name': tag } })
+  writeFileSync(join(layout, 'index.json'), JSON.stringify(top))
+  return { layout, tag, ref: `oci:${layout}:${tag}` }
+}
+
+/** Writes a raw layer (already a tar, possibly malicious) into a fresh single-layer image. */
+export function imageFromTar (opts: { workDir: string, tar: Buffer, tag?: string }): BuiltImage {
+  const tag = opts.tag ?? 'latest'
+  const layout = join(opts.workDir, 'layout')
+  run('umoci', ['init', '--layout', layout])
+  run('umoci', ['new', '--image', `${layout}:${tag}`])
+  writeFileSync(join(opts.workDir, 'raw.tar'), opts.tar)
+  run('umoci', ['raw', 'add-layer', '--image', `${layout}:${tag}`, join(opts.workDir, 'raw.tar')])
+  return { layout, tag, ref: `oci:${layout}:${tag}` }
 }
