@@ -43,8 +43,8 @@ export function buildImage (opts: { workDir?: string, tag?: string, layers: Laye
 }
 
 /** Copies an OCI layout image into a registry with skopeo (plain HTTP). */
-export function pushImage (img: BuiltImage, registryHost: string, repoTag: string): string {
-  run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', `oci:${img.layout}:${img.tag}`, `docker://${registryHost}/${repoTag}`])
+export function pushImage (img: BuiltImage, registryHost: string, repoTag: string, creds?: string, all = false): string {
+  run('skopeo', ['copy', '--quiet', '--dest-tls-verify=false', ...(creds !== undefined ? ['--dest-creds', creds] : []), ...(all ? ['--all'] : []), `oci:${img.layout}:${img.tag}`, `docker://${registryHost}/${repoTag}`])
   return `${registryHost}/${repoTag}`
 }
 
