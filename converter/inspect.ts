@@ -11,7 +11,7 @@ import { walk } from './tree.ts'
 const FLAG_NAMES: Array<[number, string]> = [
   [0x1, 'COMPRESSION_NONE'], [0x2, 'COMPRESSION_LZ4'], [0x4, 'HASH_BLAKE3'], [0x8, 'HASH_SHA256'],
   [0x10, 'EXPLICIT_UID_GID'], [0x20, 'HAS_XATTR'], [0x40, 'COMPRESSION_GZIP'], [0x80, 'COMPRESSION_ZSTD'],
-  [0x100, 'INLINED_CHUNK_DIGEST'], [0x200, 'TARFS_MODE']
+  [0x100, 'INLINED_CHUNK_DIGEST'], [0x200, 'TARFS_MODE'], [0x0100_0000, 'ENCRYPTION_NONE'], [0x0200_0000, 'ENCRYPTION_AES_128_XTS']
 ]
 
 function flagNames (f: number): string {
