@@ -19,10 +19,13 @@
  */
 import { createHash } from 'node:crypto'
 import { open, rm, type FileHandle } from 'node:fs/promises'
+import { createRequire } from 'node:module'
+import { availableParallelism } from 'node:os'
+import { Worker } from 'node:worker_threads'
 import { NaiadError, hasCode, ioError, throwIfAborted } from '../errors/index.ts'
 import { chunkDigest } from '../digest/index.ts'
 import { COMPRESSOR_ID, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, type BlobInfo, type ChunkDigester, type ChunkRef, type Compressor } from './types.ts'
-import { compressChunk, decompressChunk } from './compress.ts'
+import { ZSTD_LEVEL, compressChunk, decompressChunk } from './compress.ts'
 import {
   BLOB_FEATURE, CHUNK_DIGEST_SIZE, CI_HEADER_SIZE, CI_MAGIC, CI_V2_FLAG, MAX_CHUNKS_PER_BLOB, TAR_HEADER_SIZE, TOC_ENTRY,
   TOC_ENTRY_SIZE, TOC_FLAG, TOC_MAX_SIZE, TOC_MIN_SIZE,
@@ -55,6 +58,11 @@ export interface BlobWriterOptions {
    * chunk dictionary. New chunks are added to it. It must hold chunks of the same digester.
    */
   dedup: Map<string, ChunkRef>
+  /**
+   * Compress zstd chunks in worker threads (default true), so that compression overlaps with
+   * reading and decompressing the layer. The blob is byte-for-byte the same either way.
+   */
+  workers?: boolean
 }
 
 export interface BlobWriterStats {
@@ -73,8 +81,10 @@ export const WRITER_BASE_FEATURES = BLOB_FEATURE.ALIGNED | BLOB_FEATURE.HAS_TAR_
 type WriterState = 'open' | 'finishing' | 'finished' | 'failed' | 'aborted'
 
 /**
- * Streams one layer's file contents into one Nydus v6 data blob. Calls are serialized; memory use
- * is a few chunks (the chunk being filled and the one being written), never a whole file.
+ * Streams one layer's file contents into one Nydus v6 data blob. Calls are serialized. Memory use
+ * is bounded and independent of file sizes: the chunk being filled, a compression pipeline of at
+ * most 8 chunks and max(16 MiB, 2 chunks) of input, and one write in flight. zstd compression runs
+ * in a small pool of worker threads shared by all writers, so it overlaps with reading the layer.
  */
 export class BlobWriter {
   /** Shared by every ChunkRef this writer creates; `finish()` fills in the final values. */
@@ -92,6 +102,11 @@ export class BlobWriter {
   /** Bytes handed to the file so far (= the offset of the next byte). */
   private pos = 0
   private uncompressedEnd = 0
+  /** New chunks whose compression may still be running, in blob order. */
+  private readonly pending: PendingChunk[] = []
+  private pendingBytes = 0
+  private readonly maxPendingBytes: number
+  private readonly useWorkers: boolean
 
   constructor (opts: BlobWriterOptions) {
     const { chunkSize, compressor, digester } = opts
@@ -113,6 +128,8 @@ export class BlobWriter {
     this.path = opts.path
     this.ciVersion = ciVersion
     this.dedup = opts.dedup
+    this.useWorkers = opts.workers ?? true
+    this.maxPendingBytes = Math.max(2 * chunkSize, PIPELINE_BYTES)
     this.blob = {
       blobId: '',
       chunkSize,
@@ -136,6 +153,10 @@ export class BlobWriter {
    * Returns one ChunkRef per chunkSize piece of the file, in order (empty for an empty file);
    * refs of chunks found in `dedup` may point at other blobs. Throws NAIAD_FMT_CORRUPT if `data`
    * delivers more or fewer than `size` bytes.
+   *
+   * Chunks are compressed in the background: `compressedOffset`, `compressedSize` and
+   * `compressed` of refs to this blob's new chunks are final once `settle()` or `finish()`
+   * resolves (until then `compressedOffset` is -1). Everything else in a ref is final at once.
    */
   async addFile (data: AsyncIterable<Buffer | Uint8Array>, size: number, opts: { signal?: AbortSignal } = {}): Promise<ChunkRef[]> {
     return await this.serialize(async () => await this.addFileLocked(data, size, opts.signal))
@@ -194,30 +215,82 @@ export class BlobWriter {
     if (this.blob.chunkCount >= MAX_CHUNKS_PER_BLOB) {
       throw new NaiadError('NAIAD_FMT_LIMIT', `blob has more than ${MAX_CHUNKS_PER_BLOB} chunks (2^24 chunks per blob)`)
     }
-    const { data, compressed } = compressChunk(this.blob.compressor, chunk)
+    if (this.uncompressedEnd + roundUp4k(chunk.length) > 2 ** 44) {
+      throw new NaiadError('NAIAD_FMT_LIMIT', 'blob uncompressed size exceeds 16 TiB (44-bit uncompressed offsets)')
+    }
     const ref: ChunkRef = {
       blob: this.blob,
       index: this.blob.chunkCount,
       digest,
-      compressedOffset: this.pos,
-      compressedSize: data.length,
+      compressedOffset: -1, // set when the chunk is appended, in order
+      compressedSize: 0,
       uncompressedOffset: this.uncompressedEnd,
       uncompressedSize: chunk.length,
-      compressed
+      compressed: false
     }
-    if (ref.compressedOffset + ref.compressedSize > 2 ** 40) {
-      throw new NaiadError('NAIAD_FMT_LIMIT', 'blob chunk data exceeds 1 TiB (40-bit compressed offsets)')
-    }
-    if (ref.uncompressedOffset + roundUp4k(chunk.length) > 2 ** 44) {
-      throw new NaiadError('NAIAD_FMT_LIMIT', 'blob uncompressed size exceeds 16 TiB (44-bit uncompressed offsets)')
-    }
-    await this.append(data)
     this.refs.push(ref)
     this.blob.chunkCount++
     this.uncompressedEnd += roundUp4k(chunk.length)
     this.stats.newChunks++
     this.dedup.set(key, ref)
+
+    const size = chunk.length
+    const pool = this.useWorkers && this.blob.compressor === 'zstd' && size >= WORKER_MIN_CHUNK ? zstdPool() : undefined
+    let entry: PendingChunk
+    if (pool !== undefined) {
+      entry = { ref, size, result: pool.compress(chunk), done: undefined }
+      entry.result.then(r => { entry.done = r }, () => undefined)
+    } else {
+      let r: Compressed
+      try {
+        r = compressChunk(this.blob.compressor, chunk)
+      } catch (err) {
+        this.state = 'failed' // the chunk is already registered
+        throw err
+      }
+      entry = { ref, size, result: Promise.resolve(r), done: r }
+    }
+    this.pending.push(entry)
+    this.pendingBytes += size
+    await this.drain(false)
     return ref
+  }
+
+  /**
+   * Append finished chunks in blob order. With `all`, wait for every pending chunk; otherwise
+   * only for as many as needed to stay within the pipeline's memory budget.
+   */
+  private async drain (all: boolean): Promise<void> {
+    try {
+      for (;;) {
+        const head = this.pending[0]
+        if (head === undefined) return
+        if (!all && head.done === undefined && this.pending.length <= PIPELINE_JOBS && this.pendingBytes <= this.maxPendingBytes) return
+        const res = head.done ?? await head.result
+        this.pending.shift()
+        this.pendingBytes -= head.size
+        const ref = head.ref
+        if (this.pos + res.data.length > 2 ** 40) {
+          throw new NaiadError('NAIAD_FMT_LIMIT', 'blob chunk data exceeds 1 TiB (40-bit compressed offsets)')
+        }
+        ref.compressedOffset = this.pos
+        ref.compressedSize = res.data.length
+        ref.compressed = res.compressed
+        await this.append(res.data)
+      }
+    } catch (err) {
+      // the blob is now inconsistent: only abort() is left
+      if (this.state === 'open' || this.state === 'finishing') this.state = 'failed'
+      throw err
+    }
+  }
+
+  /** Wait until every chunk added so far is compressed and written: all refs are then final. */
+  async settle (): Promise<void> {
+    await this.serialize(async () => {
+      this.checkOpen()
+      await this.drain(true)
+    })
   }
 
   /**
@@ -236,6 +309,7 @@ export class BlobWriter {
         return result
       } catch (err) {
         if (this.state === 'finishing') this.state = 'failed'
+        await this.inflight.catch(() => undefined)
         await this.closeFile()
         throw err
       }
@@ -243,6 +317,7 @@ export class BlobWriter {
   }
 
   private async finishLocked (): Promise<{ blob: BlobInfo, blobMeta: Buffer }> {
+    await this.drain(true)
     const blob = this.blob
     const count = this.refs.length
     const dataSize = this.pos
@@ -357,6 +432,8 @@ export class BlobWriter {
    */
   async abort (): Promise<void> {
     this.state = 'aborted'
+    this.pending.length = 0
+    this.pendingBytes = 0
     for (const [k, r] of this.dedup) if (r.blob === this.blob) this.dedup.delete(k)
     await this.inflight.catch(() => undefined)
     await this.closeFile()
@@ -422,6 +499,148 @@ export class BlobWriter {
   private async appendTar (name: string, size: number): Promise<void> {
     await this.append(encodeTarHeader(name, size))
   }
+}
+
+// ---------------------------------------------------------------------------------------------
+// zstd compression in worker threads
+
+interface Compressed { data: Buffer, compressed: boolean }
+
+interface PendingChunk {
+  ref: ChunkRef
+  size: number
+  result: Promise<Compressed>
+  /** The result once known (set synchronously for chunks compressed on this thread). */
+  done: Compressed | undefined
+}
+
+/** Most chunks a writer keeps in its compression pipeline, and the least bytes it allows. */
+const PIPELINE_JOBS = 8
+const PIPELINE_BYTES = 16 << 20
+/** Smaller chunks are compressed on the calling thread: a worker round trip would cost more. */
+const WORKER_MIN_CHUNK = 32 << 10
+
+/** The worker: one zstd context; compresses whole chunks, answers with a transferred buffer. */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads')
+const zstd = require(workerData.zstdPath)
+const cctx = new zstd.CCtx()
+parentPort.on('message', (m) => {
+  try {
+    const src = m.chunk
+    const dst = Buffer.allocUnsafeSlow(zstd.compressBound(src.length))
+    const n = cctx.compress(dst, src, m.level)
+    if (n < src.length) parentPort.postMessage({ id: m.id, buf: dst.buffer, len: n }, [dst.buffer])
+    else parentPort.postMessage({ id: m.id, raw: true })
+  } catch (err) {
+    parentPort.postMessage({ id: m.id, error: String(err && err.message ? err.message : err) })
+  }
+})
+`
+
+interface WorkerReply { id: number, buf?: ArrayBuffer, len?: number, raw?: boolean, error?: string }
+interface PoolJob { id: number, chunk: Buffer, resolve: (r: Compressed) => void, reject: (e: unknown) => void }
+interface PoolWorker { worker: Worker, job: PoolJob | undefined, served: number }
+
+/** Compress on the calling thread: the same bytes the workers produce. */
+function compressHere (job: PoolJob): void {
+  try {
+    job.resolve(compressChunk('zstd', job.chunk))
+  } catch (err) {
+    job.reject(err)
+  }
+}
+
+/**
+ * A small pool of zstd workers shared by all writers of the process. Workers are unref'd while
+ * idle, so they never keep the process alive. Chunks are copied to the workers (not transferred),
+ * so if a worker dies its chunk is compressed on the calling thread instead; if workers cannot
+ * start at all, everything is compressed on the calling thread.
+ */
+class ZstdPool {
+  private readonly workers: PoolWorker[] = []
+  private readonly queue: PoolJob[] = []
+  private nextId = 1
+  private broken = false
+
+  constructor (private readonly size: number, private readonly zstdPath: string) {}
+
+  async compress (chunk: Buffer): Promise<Compressed> {
+    return await new Promise<Compressed>((resolve, reject) => {
+      this.queue.push({ id: this.nextId++, chunk, resolve, reject })
+      this.dispatch()
+    })
+  }
+
+  private dispatch (): void {
+    while (this.queue.length > 0) {
+      let w = this.workers.find(x => x.job === undefined)
+      if (w === undefined && this.workers.length < this.size && !this.broken) {
+        try {
+          w = this.spawn()
+        } catch {
+          this.broken = true // no workers here (resource limits…)
+        }
+      }
+      if (w === undefined) {
+        if (this.workers.length > 0) return // all busy: wait for one
+        for (const job of this.queue.splice(0)) compressHere(job)
+        return
+      }
+      const job = this.queue.shift() as PoolJob
+      w.job = job
+      w.worker.ref()
+      w.worker.postMessage({ id: job.id, chunk: job.chunk, level: ZSTD_LEVEL })
+    }
+  }
+
+  private spawn (): PoolWorker {
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: { zstdPath: this.zstdPath } })
+    const w: PoolWorker = { worker, job: undefined, served: 0 }
+    worker.unref()
+    worker.on('message', (m: WorkerReply) => {
+      const job = w.job
+      if (job === undefined || job.id !== m.id) return
+      w.job = undefined
+      w.served++
+      worker.unref()
+      if (m.raw === true) job.resolve({ data: job.chunk, compressed: false })
+      else if (m.buf !== undefined && m.len !== undefined && m.len < job.chunk.length) job.resolve({ data: Buffer.from(m.buf, 0, m.len), compressed: true })
+      else compressHere(job) // a worker error: let this thread report or redo it
+      this.dispatch()
+    })
+    let gone = false
+    const died = (): void => {
+      if (gone) return
+      gone = true
+      const i = this.workers.indexOf(w)
+      if (i >= 0) this.workers.splice(i, 1)
+      if (w.served === 0) this.broken = true // it never worked: do not respawn forever
+      const job = w.job
+      w.job = undefined
+      if (job !== undefined) compressHere(job)
+      this.dispatch()
+    }
+    worker.on('error', died)
+    worker.on('exit', died)
+    this.workers.push(w)
+    return w
+  }
+}
+
+let sharedPool: ZstdPool | null | undefined
+
+/** The process-wide zstd worker pool, or undefined if workers are not available. */
+function zstdPool (): ZstdPool | undefined {
+  if (sharedPool === undefined) {
+    try {
+      const zstdPath = createRequire(import.meta.url).resolve('zstd-napi/binding.js')
+      sharedPool = new ZstdPool(Math.max(1, Math.min(4, availableParallelism())), zstdPath)
+    } catch {
+      sharedPool = null
+    }
+  }
+  return sharedPool ?? undefined
 }
 
 async function writeFully (fh: FileHandle, buf: Buffer, position: number): Promise<void> {

@@ -192,6 +192,37 @@ describe('BlobWriter + BlobReader round trip', () => {
     expect((out[0] as Buffer).equals(out[1] as Buffer)).toBe(true)
   })
 
+  it('writes the same bytes with and without zstd worker threads; settle() makes refs final', async () => {
+    const out: Buffer[] = []
+    for (const workers of [true, false]) {
+      const path = tmp()
+      const w = new BlobWriter({ path, chunkSize: 0x40000, compressor: 'zstd', digester: 'sha256', dedup: new Map(), workers })
+      const refs = [...await w.addFile(pieces(big, 3), big.length), ...await w.addFile(pieces(Buffer.from('small')), 5)]
+      await w.settle()
+      expect(refs.every(r => r.compressedOffset >= 0 && r.compressedSize > 0)).toBe(true)
+      const offsets = refs.map(r => [r.compressedOffset, r.compressedSize, r.compressed])
+      await w.finish()
+      expect(refs.map(r => [r.compressedOffset, r.compressedSize, r.compressed])).toEqual(offsets)
+      out.push(readFileSync(path))
+    }
+    expect((out[0] as Buffer).equals(out[1] as Buffer)).toBe(true)
+  })
+
+  it('keeps several writers\' chunks apart when they compress concurrently', async () => {
+    const datas = [mixed(2_500_000, 11), mixed(2_000_000, 12), mixed(1_500_000, 13)]
+    const results = await Promise.all(datas.map(async (d, i) => {
+      const path = tmp()
+      const w = new BlobWriter({ path, chunkSize: 0x40000, compressor: 'zstd', digester: 'blake3', dedup: new Map() })
+      const refs = await w.addFile(pieces(d, i), d.length)
+      const { blob } = await w.finish()
+      return { path, refs, blob, d }
+    }))
+    for (const { path, refs, blob, d } of results) {
+      const r = await BlobReader.open(memSource(readFileSync(path)), { blob })
+      expect((await readFile(r, refs, d.length, new Map())).equals(d)).toBe(true)
+    }
+  })
+
   it('dedups within a blob: the same file twice gives the same refs and no bigger blob', async () => {
     const once = tmp()
     const w1 = new BlobWriter({ path: once, chunkSize: 0x10000, compressor: 'zstd', digester: 'blake3', dedup: new Map() })
