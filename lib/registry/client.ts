@@ -17,7 +17,6 @@
  * signal's reason (AbortError), also from a blob stream that is being read.
  */
 import { Transform, type Readable, type TransformCallback } from 'node:stream'
-import { setTimeout as sleep } from 'node:timers/promises'
 import { Agent, type Dispatcher } from 'undici'
 import { Digester, digestAlgorithm, isDigest, parseDigest, VerifyingStream, type Digest } from '../digest/index.ts'
 import { isAbortError, isNaiadError, NaiadError, throwIfAborted } from '../errors/index.ts'
@@ -29,7 +28,7 @@ import type { Descriptor } from '../oci/types.ts'
 import { Authenticator, repositoryScope } from './auth.ts'
 import type { CredentialProvider } from './credentials.ts'
 import { discard, networkError, readExcerpt, RETRYABLE_STATUS, safeUrl, statusError } from './errors.ts'
-import { header, RegistryHttp, type HttpPolicy, type HttpResponse, type SendOptions } from './http.ts'
+import { delay, header, RegistryHttp, type HttpPolicy, type HttpResponse, type SendOptions } from './http.ts'
 
 export interface AbortOptions {
   signal?: AbortSignal
@@ -451,6 +450,7 @@ export class RegistryClient {
     parseDigest(desc.digest)
     if (!Number.isSafeInteger(desc.size) || desc.size < 0) throw new NaiadError('NAIAD_INTERNAL', `pushBlob: invalid size ${desc.size}`)
     for (const f of opts.mountFrom ?? []) checkRepository(f)
+    checkSource(source)
     const descriptor: Descriptor = { mediaType: desc.mediaType ?? 'application/octet-stream', ...desc }
     for (let attempt = 1; ; attempt++) {
       try {
@@ -460,9 +460,9 @@ export class RegistryClient {
       } catch (err) {
         if (!(err instanceof UploadInterrupted)) throw err
         if (attempt > this.policy.retries) throw err.error
-        const delay = this.http.backoff(attempt)
-        this.logger.debug({ repository, digest: desc.digest, attempt, delayMs: delay, err: { message: err.message } }, 'blob upload interrupted, restarting')
-        await sleep(delay, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
+        const wait = this.http.backoff(attempt)
+        this.logger.debug({ repository, digest: desc.digest, attempt, delayMs: wait, err: { message: err.message } }, 'blob upload interrupted, restarting')
+        await delay(wait, opts.signal)
       }
     }
   }
@@ -654,6 +654,13 @@ class ChunkedUpload {
   async patch (chunk: Buffer): Promise<void> {
     this.location = await this.send(this.location, this.offset, chunk)
     this.offset += chunk.length
+  }
+}
+
+/** A blob source is bytes or a factory of streams (a stream itself could not be re-read on retry). */
+export function checkSource (source: unknown): void {
+  if (!(source instanceof Uint8Array) && typeof source !== 'function') {
+    throw new NaiadError('NAIAD_INTERNAL', 'pushBlob: the source must be bytes or a function returning a fresh stream')
   }
 }
 

@@ -78,6 +78,8 @@ export function discard (body: Readable): void {
 export async function readExcerpt (body: Readable, limit = 2048): Promise<string> {
   const parts: Buffer[] = []
   let n = 0
+  // Leaving the loop early destroys the body, which undici reports as an error event.
+  body.on('error', () => { /* the excerpt is best effort */ })
   try {
     for await (const chunk of body) {
       const b = chunk as Buffer

@@ -83,6 +83,19 @@ export function header (headers: IncomingHttpHeaders, name: string): string | un
   return Array.isArray(v) ? v[0] : v
 }
 
+/**
+ * Waits `ms`; an abort rejects with the signal's own reason (so a TimeoutError from
+ * AbortSignal.timeout stays a TimeoutError), as undici does for requests.
+ */
+export async function delay (ms: number, signal: AbortSignal | undefined): Promise<void> {
+  if (signal === undefined) { await sleep(ms); return }
+  try {
+    await sleep(ms, undefined, { signal })
+  } catch (err) {
+    throw signal.reason instanceof Error ? signal.reason : err
+  }
+}
+
 /** Milliseconds to wait from a Retry-After value (delta seconds or an HTTP date). */
 export function parseRetryAfter (v: string | undefined, now = Date.now()): number | undefined {
   if (v === undefined) return undefined
@@ -128,17 +141,17 @@ export class RegistryHttp {
         if (isAbortError(err) || isNaiadError(err) || !canRetry || attempt > this.policy.retries || !isRetryableNetworkError(err)) {
           throw networkError(err, opts.what, opts.url, attempt)
         }
-        const delay = this.backoff(attempt)
-        this.deps.logger.debug({ method: opts.method, url: safeUrl(opts.url), attempt, delayMs: delay, err: { message: (err as Error).message, code: (err as { code?: unknown }).code } }, 'registry request failed, retrying')
-        await sleep(delay, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
+        const wait = this.backoff(attempt)
+        this.deps.logger.debug({ method: opts.method, url: safeUrl(opts.url), attempt, delayMs: wait, err: { message: (err as Error).message, code: (err as { code?: unknown }).code } }, 'registry request failed, retrying')
+        await delay(wait, opts.signal)
         continue
       }
       if (canRetry && RETRYABLE_STATUS.has(res.status) && attempt <= this.policy.retries) {
         const after = parseRetryAfter(header(res.headers, 'retry-after'))
-        const delay = Math.min(this.policy.retryMaxDelayMs, after ?? this.backoff(attempt))
+        const wait = Math.min(this.policy.retryMaxDelayMs, after ?? this.backoff(attempt))
         discard(res.body)
-        this.deps.logger.debug({ method: opts.method, url: safeUrl(res.url), status: res.status, attempt, delayMs: delay }, 'registry busy, retrying')
-        await sleep(delay, undefined, opts.signal !== undefined ? { signal: opts.signal } : {})
+        this.deps.logger.debug({ method: opts.method, url: safeUrl(res.url), status: res.status, attempt, delayMs: wait }, 'registry busy, retrying')
+        await delay(wait, opts.signal)
         continue
       }
       return res
@@ -190,7 +203,9 @@ export class RegistryHttp {
         headers,
         body: opts.body ?? (opts.method === 'PUT' || opts.method === 'POST' || opts.method === 'PATCH' ? Buffer.alloc(0) : null),
         signal: opts.signal ?? null,
-        headersTimeout: this.policy.timeoutMs,
+        // undici counts the time to push a buffered body into the socket against the headers
+        // timeout, so uploads get an allowance of 1 s per 100 kB on top.
+        headersTimeout: this.policy.timeoutMs + Math.ceil((opts.body?.length ?? 0) / 100),
         bodyTimeout: this.policy.timeoutMs
       })
       this.deps.logger.debug({ method: opts.method, url: safeUrl(url), status: res.statusCode, durationMs: Date.now() - started, attempt, hop }, 'registry request')

@@ -26,6 +26,7 @@ import { Annotation, MediaType } from '../oci/media-types.ts'
 import { MAX_MANIFEST_BYTES, parseIndex, parseManifestOrIndex } from '../oci/parse.ts'
 import type { LayoutReference } from '../oci/reference.ts'
 import type { Descriptor, Index } from '../oci/types.ts'
+import { checkSource } from './client.ts'
 import type { AbortOptions, BlobSource, FetchedManifest, GetBlobOptions, ImageStore, PushBlobOptions, PushBlobResult } from './store.ts'
 
 export interface LayoutImageStoreDeps {
@@ -256,6 +257,7 @@ export class LayoutImageStore implements ImageStore {
     this.check()
     throwIfAborted(opts.signal)
     const digest = parseDigest(desc.digest)
+    checkSource(source)
     const what = `blob ${digest}`
     await this.ensureLayout()
     const have = await this.statBlob(digest)

@@ -59,6 +59,8 @@ export interface Fault {
   status?: number
   /** Retry-After header for `status`. */
   retryAfter?: string
+  /** Body for `status` (default: a distribution JSON error naming the fault). */
+  body?: string
   /** Reset the TCP connection instead of answering. */
   reset?: boolean
   /** Wait this long before handling the request (alone: a slow server; long: a timeout). */
@@ -301,7 +303,7 @@ export async function startFakeRegistry (opts: FakeRegistryOptions = {}): Promis
       return
     }
     if (fault?.status !== undefined) {
-      send(res, fault.status, errorBody('FAULT', `injected ${fault.status}`), fault.retryAfter !== undefined ? { 'retry-after': fault.retryAfter } : {})
+      send(res, fault.status, fault.body ?? errorBody('FAULT', `injected ${fault.status}`), fault.retryAfter !== undefined ? { 'retry-after': fault.retryAfter } : {})
       return
     }
 

@@ -227,6 +227,21 @@ describe('transport: scheme, retries, timeouts, aborts', () => {
     await expect(c.statBlob('app', sha256('x'))).rejects.toMatchObject({ code: 'NAIAD_REG_UNAVAILABLE' })
   })
 
+  it('quotes a short, redacted excerpt of large error bodies', async () => {
+    const f = await fake()
+    f.fault({ method: 'GET', status: 500, body: `upstream said Authorization: Bearer tok.en.value ${'z'.repeat(100_000)}` })
+    const err = await client(f).getManifest('app', 'v1').catch((e: unknown) => e)
+    expect(err).toMatchObject({ code: 'NAIAD_REG_PROTOCOL' })
+    expect((err as Error).message).toMatch(/HTTP 500 from GET .*: upstream said Authorization: Bearer \[REDACTED\] z+…$/)
+    expect((err as Error).message.length).toBeLessThan(500)
+  })
+
+  it('refuses manifests larger than 4 MiB', async () => {
+    const f = await fake()
+    f.addManifest('app', Buffer.alloc(4 * 1024 * 1024 + 1, 0x20), MediaType.OciManifest, 'huge')
+    await expect(client(f).getManifest('app', 'huge')).rejects.toMatchObject({ code: 'NAIAD_REG_PROTOCOL' })
+  })
+
   it('maps a refused connection to NAIAD_REG_UNAVAILABLE', async () => {
     const f = await fake()
     const host = f.host
@@ -274,6 +289,18 @@ describe('transport: scheme, retries, timeouts, aborts', () => {
     const t0 = Date.now()
     await expect(slow.statBlob('app', d, { signal: ac2.signal })).rejects.toMatchObject({ name: 'AbortError' })
     expect(Date.now() - t0).toBeLessThan(3000)
+  })
+
+  it("keeps the signal's own reason: AbortSignal.timeout gives a TimeoutError, also during backoff", async () => {
+    const f = await fake()
+    const d = f.addBlob('app', randomBytes(100_000))
+    f.fault({ status: 503, times: 100 })
+    const slow = client(f, {}, { retryBaseDelayMs: 10_000, retryMaxDelayMs: 10_000 })
+    await expect(slow.statBlob('app', d, { signal: AbortSignal.timeout(100) })).rejects.toMatchObject({ name: 'TimeoutError' })
+    f.clearFaults()
+    f.fault({ method: 'GET', stallAfter: 1000 })
+    const s = await client(f).getBlob('app', d, { signal: AbortSignal.timeout(300) })
+    await expect(readAll(s)).rejects.toMatchObject({ name: 'TimeoutError' })
   })
 
   it('is closed after close(), which is safe twice', async () => {
