@@ -1062,20 +1062,27 @@ export class Bootstrap {
     return { start, len, count: first / EROFS_DIRENT_SIZE }
   }
 
-  /** Entry i of a directory block: its name (validated), nid and type. */
-  private dirEntry (d: DecodedInode, blk: DirBlock, i: number): BootstrapDirent {
+  /** The name of entry i of a directory block (validated), as a view into the bootstrap. */
+  private dirName (d: DecodedInode, blk: DirBlock, i: number): Buffer {
     const buf = this.buffer
     const at = blk.start + i * EROFS_DIRENT_SIZE
-    const what = `directory ${d.attr.ino}`
     const nameoff = buf.readUInt16LE(at + 8)
     const end = i + 1 < blk.count ? buf.readUInt16LE(at + EROFS_DIRENT_SIZE + 8) : blk.len
-    if (nameoff < blk.count * EROFS_DIRENT_SIZE || nameoff >= blk.len || end > blk.len || end <= nameoff) corrupt(`${what}: dirent nameoff ${nameoff} is out of its block`)
+    if (nameoff < blk.count * EROFS_DIRENT_SIZE || nameoff >= blk.len || end > blk.len || end <= nameoff) corrupt(`directory ${d.attr.ino}: dirent nameoff ${nameoff} is out of its block`)
     let name = buf.subarray(blk.start + nameoff, blk.start + end)
     if (i + 1 === blk.count) {
       const nul = name.indexOf(0)
       if (nul >= 0) name = name.subarray(0, nul)
     }
-    if (name.length === 0 || name.length > EROFS_NAME_LEN || name.includes(0) || name.includes(0x2f)) corrupt(`${what}: dirent name ${showName(name)} is invalid`)
+    if (name.length === 0 || name.length > EROFS_NAME_LEN || name.includes(0) || name.includes(0x2f)) corrupt(`directory ${d.attr.ino}: dirent name ${showName(name)} is invalid`)
+    return name
+  }
+
+  /** Entry i of a directory block: its name (a copy), nid and type, all validated. */
+  private dirEntry (d: DecodedInode, blk: DirBlock, i: number, name = this.dirName(d, blk, i)): BootstrapDirent {
+    const buf = this.buffer
+    const at = blk.start + i * EROFS_DIRENT_SIZE
+    const what = `directory ${d.attr.ino}`
     const type = typeOfFileType(buf.readUInt8(at + 10))
     if (type === undefined) corrupt(`${what}: dirent ${showName(name)} has file type ${buf.readUInt8(at + 10)}`)
     const nid = this.checkNid(buf.readBigUInt64LE(at), `${what}: dirent ${showName(name)}`)
@@ -1109,9 +1116,9 @@ export class Bootstrap {
     while (lo <= hi) {
       const mid = (lo + hi) >>> 1
       const blk = this.dirBlock(d, mid)
-      const first = this.dirEntry(d, blk, 0)
-      const c = Buffer.compare(name, first.name)
-      if (c === 0) return first
+      const first = this.dirName(d, blk, 0)
+      const c = Buffer.compare(name, first)
+      if (c === 0) return this.dirEntry(d, blk, 0, first)
       if (c < 0) {
         hi = mid - 1
       } else {
@@ -1124,9 +1131,9 @@ export class Bootstrap {
     let h = candidate.count - 1
     while (l <= h) {
       const mid = (l + h) >>> 1
-      const e = this.dirEntry(d, candidate, mid)
-      const c = Buffer.compare(name, e.name)
-      if (c === 0) return e
+      const n = this.dirName(d, candidate, mid)
+      const c = Buffer.compare(name, n)
+      if (c === 0) return this.dirEntry(d, candidate, mid, n)
       if (c < 0) h = mid - 1
       else l = mid + 1
     }
