@@ -1,0 +1,192 @@
+/**
+ * RafsFilesystem: a RAFS v6 image as a FUSE filesystem, by inode. Metadata comes straight from the
+ * bootstrap (decoded lazily, cached per nid); file data comes from the per-blob chunk caches,
+ * which fetch missing chunks through the mount's source chain and verify each against its digest.
+ *
+ * Node ids: the root is FUSE node 1; every other inode is its nid + 2 (so no nid maps to 1), and
+ * st_ino is the nid itself, so hard links share an inode number, as under the kernel's EROFS.
+ */
+import type { Bootstrap, BootstrapInode } from '../../lib/format/bootstrap.ts'
+import type { BlobInfo, ChunkRef } from '../../lib/format/types.ts'
+import type { Logger } from '../../lib/log/index.ts'
+import { isNaiadError } from '../../lib/errors/index.ts'
+import { FuseErrno, Errno, DT, type Attr, type FuseDirEntry, type FuseEntry, type FuseFilesystem, type StatFs } from '../fuse/session.ts'
+import type { ChunkFetcher, ChunkReader, FetchOptions } from '../types.ts'
+
+const TYPE_MODE: Record<BootstrapInode['type'], number> = { socket: 0o140000, symlink: 0o120000, file: 0o100000, block: 0o060000, dir: 0o040000, char: 0o020000, fifo: 0o010000 }
+const TYPE_DT: Record<BootstrapInode['type'], number> = { socket: DT.socket, symlink: DT.symlink, file: DT.file, block: DT.block, dir: DT.dir, char: DT.char, fifo: DT.fifo }
+
+export interface RafsFilesystemDeps {
+  bootstrap: Bootstrap
+  /** The chunk cache of a blob (shared between mounts). */
+  cacheFor: (blob: BlobInfo) => ChunkReader
+  fetcher: ChunkFetcher
+  log: Logger
+}
+
+export interface RafsFilesystemOptions {
+  /** On a cache miss, also fetch following chunks of the same file up to this many bytes. */
+  amplifyBytes?: number
+}
+
+export interface ReadStats { reads: number, bytes: number, eio: number }
+
+export class RafsFilesystem implements FuseFilesystem {
+  private readonly b: Bootstrap
+  private readonly dirCache = new Map<number, FuseDirEntry[]>()
+  private readonly amplify: number
+  readonly readStats: ReadStats = { reads: 0, bytes: 0, eio: 0 }
+
+  constructor (private readonly deps: RafsFilesystemDeps, opts: RafsFilesystemOptions = {}) {
+    this.b = deps.bootstrap
+    this.amplify = opts.amplifyBytes ?? 0
+  }
+
+  private nid (nodeid: number): number {
+    if (nodeid === 1) return this.b.rootNid
+    if (nodeid < 2) throw new FuseErrno(Errno.ENOENT)
+    return nodeid - 2
+  }
+
+  private nodeid (nid: number): number {
+    return nid === this.b.rootNid ? 1 : nid + 2
+  }
+
+  private inode (nid: number): BootstrapInode {
+    try {
+      return this.b.inode(nid)
+    } catch (err) {
+      // a corrupt or out-of-range inode: the kernel asked for something we never handed out
+      this.deps.log.error({ err, nid }, 'bad inode')
+      throw new FuseErrno(Errno.EIO)
+    }
+  }
+
+  attrOf (nid: number): Attr {
+    const a = this.inode(nid)
+    return {
+      ino: nid,
+      size: a.size,
+      blocks: Math.ceil(a.size / 512),
+      mtime: a.mtime,
+      mtimeNsec: a.mtimeNsec,
+      mode: TYPE_MODE[a.type] | a.perm,
+      nlink: a.nlink,
+      uid: a.uid,
+      gid: a.gid,
+      rdev: a.rdev,
+      blksize: 4096
+    }
+  }
+
+  async lookup (parent: number, name: Buffer): Promise<FuseEntry | null> {
+    const dir = this.nid(parent)
+    if (this.inode(dir).type !== 'dir') throw new FuseErrno(Errno.ENOTDIR)
+    if (name.length > 255) throw new FuseErrno(Errno.ENAMETOOLONG)
+    const e = this.b.lookup(dir, name)
+    if (e === undefined) return null
+    return { nodeid: this.nodeid(e.nid), attr: this.attrOf(e.nid) }
+  }
+
+  async getattr (nodeid: number): Promise<Attr> {
+    return this.attrOf(this.nid(nodeid))
+  }
+
+  async readlink (nodeid: number): Promise<Buffer> {
+    const nid = this.nid(nodeid)
+    if (this.inode(nid).type !== 'symlink') throw new FuseErrno(Errno.EINVAL)
+    return this.b.readlink(nid)
+  }
+
+  async open (nodeid: number): Promise<void> {
+    const t = this.inode(this.nid(nodeid)).type
+    if (t === 'dir') throw new FuseErrno(Errno.EISDIR)
+  }
+
+  async opendir (nodeid: number): Promise<void> {
+    if (this.inode(this.nid(nodeid)).type !== 'dir') throw new FuseErrno(Errno.ENOTDIR)
+  }
+
+  async readdir (nodeid: number): Promise<readonly FuseDirEntry[]> {
+    const nid = this.nid(nodeid)
+    const have = this.dirCache.get(nid)
+    if (have !== undefined) return have
+    if (this.inode(nid).type !== 'dir') throw new FuseErrno(Errno.ENOTDIR)
+    const out: FuseDirEntry[] = []
+    for (const e of this.b.readdir(nid)) {
+      out.push({ name: e.name, nodeid: this.nodeid(e.nid), type: TYPE_DT[e.type], attr: this.attrOf(e.nid) })
+    }
+    this.dirCache.set(nid, out)
+    return out
+  }
+
+  async getxattr (nodeid: number, name: Buffer): Promise<Buffer | null> {
+    const x = this.b.xattrs(this.nid(nodeid)).find(a => a.name.equals(name))
+    return x === undefined ? null : x.value
+  }
+
+  async listxattr (nodeid: number): Promise<readonly Buffer[]> {
+    return this.b.xattrs(this.nid(nodeid)).map(x => x.name)
+  }
+
+  async statfs (): Promise<StatFs> {
+    const blocks = this.b.blobs.reduce((n, x) => n + Math.ceil(x.uncompressedSize / 4096), 0)
+    return { blocks, bfree: 0, bavail: 0, files: this.b.inodeCount, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 }
+  }
+
+  /** Reads file data through the chunk caches. */
+  async read (nodeid: number, offset: number, size: number, opts: FetchOptions = {}): Promise<Buffer> {
+    const nid = this.nid(nodeid)
+    const a = this.inode(nid)
+    if (a.type === 'dir') throw new FuseErrno(Errno.EISDIR)
+    if (a.type !== 'file') throw new FuseErrno(Errno.EINVAL)
+    if (offset >= a.size || size === 0) return Buffer.alloc(0)
+    const end = Math.min(a.size, offset + size)
+    const chunks = this.b.chunks(nid)
+    const cs = this.b.chunkSize
+    const first = Math.floor(offset / cs)
+    const last = Math.floor((end - 1) / cs)
+    this.readStats.reads++
+    try {
+      if (this.amplify > 0) await this.amplifyMisses(chunks, first, last, opts)
+      const parts = await Promise.all(Array.from({ length: last - first + 1 }, async (_, k) => {
+        const i = first + k
+        const ref = chunks[i]
+        if (ref === undefined) throw new FuseErrno(Errno.EIO, `inode ${nid} has no chunk ${i}`)
+        const from = i === first ? offset - i * cs : 0
+        const to = i === last ? end - i * cs : ref.uncompressedSize
+        return await this.deps.cacheFor(ref.blob).read(ref, from, to - from, this.deps.fetcher, opts)
+      }))
+      const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+      this.readStats.bytes += out.length
+      return out
+    } catch (err) {
+      if (err instanceof FuseErrno) throw err
+      this.readStats.eio++
+      this.deps.log.error({
+        err,
+        nid,
+        offset,
+        length: end - offset,
+        ...(isNaiadError(err) ? { code: err.code, ...err.details } : {})
+      }, 'read failed after retries on every source: answering EIO')
+      throw new FuseErrno(Errno.EIO)
+    }
+  }
+
+  /** On a miss, fetch the following chunks of the file too (merged into one request by the cache). */
+  private async amplifyMisses (chunks: ChunkRef[], first: number, last: number, opts: FetchOptions): Promise<void> {
+    const start = chunks[first]
+    if (start === undefined || this.deps.cacheFor(start.blob).isReady(start.index)) return
+    const want: ChunkRef[] = []
+    let bytes = 0
+    for (let i = first; i < chunks.length; i++) {
+      const c = chunks[i]!
+      if (c.blob !== start.blob) break
+      if (i > last && bytes >= this.amplify) break
+      if (!this.deps.cacheFor(c.blob).isReady(c.index)) want.push(c)
+      bytes += c.uncompressedSize
+    }
+    await this.deps.cacheFor(start.blob).ensure(want, this.deps.fetcher, opts)
+  }
+}

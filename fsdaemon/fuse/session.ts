@@ -1,0 +1,348 @@
+/**
+ * A FUSE session in pure TypeScript: opens /dev/fuse, mounts it with mount(8) (`-i`, so no
+ * helper rewrites the options; the kernel gets `fd=3` of the mount process, which inherited our
+ * /dev/fuse descriptor), then reads requests and writes replies on that descriptor.
+ *
+ * Why not fuse-native: docs/decisions/0002-fuse-without-native-binding.md (nanosecond times, raw
+ * name bytes, inode-based protocol, real inode numbers for hard links).
+ *
+ * This folder is the only code that touches /dev/fuse; everything above it implements
+ * `FuseFilesystem` and runs without FUSE.
+ *
+ * Threading: reads of /dev/fuse block in libuv's threadpool, so at most `readers` (default 2) pool
+ * threads wait there at a time; the composition root raises UV_THREADPOOL_SIZE so cache-file
+ * I/O never starves behind them. A FUSE-serving process must never make a synchronous call into
+ * its own mount (it would deadlock): nothing here or above does.
+ */
+import { spawn } from 'node:child_process'
+import { open as openFile, read as readFd, write as writeFd, close as closeFd } from 'node:fs'
+import { promisify } from 'node:util'
+import type { Logger } from '../../lib/log/index.ts'
+import {
+  Op, Errno, InitFlag, OpenFlag, IN_HEADER, OUT_HEADER, FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION,
+  decodeInHeader, decodeInitIn, encodeInitOut, outHeader, cName, encodeEntryOut, encodeAttrOut,
+  encodeOpenOut, decodeReadIn, decodeGetxattrIn, encodeGetxattrOut, encodeStatfsOut, direntSize,
+  writeDirent, direntplusSize, ENTRY_OUT, ProtocolError, type Attr, type StatFs, type InHeader
+} from './protocol.ts'
+
+export { Errno, DT, type Attr, type StatFs } from './protocol.ts'
+
+/** Thrown by a FuseFilesystem to answer with a specific errno. */
+export class FuseErrno extends Error {
+  constructor (readonly errno: number, message?: string) {
+    super(message ?? `errno ${errno}`)
+    this.name = 'FuseErrno'
+  }
+}
+
+export interface FuseEntry { nodeid: number, attr: Attr }
+export interface FuseDirEntry { name: Buffer, nodeid: number, type: number, attr: Attr }
+
+/**
+ * What the session needs from a filesystem, by FUSE node id (the root is 1). Implementations
+ * throw FuseErrno for errno answers; any other error becomes EIO (the implementation logs the
+ * cause with context).
+ */
+export interface FuseFilesystem {
+  /** null: no such entry (cached by the kernel as a negative entry). */
+  lookup (parent: number, name: Buffer): Promise<FuseEntry | null>
+  getattr (nodeid: number): Promise<Attr>
+  readlink (nodeid: number): Promise<Buffer>
+  open (nodeid: number, flags: number): Promise<void>
+  read (nodeid: number, offset: number, size: number): Promise<Buffer>
+  opendir (nodeid: number): Promise<void>
+  /** The whole listing including "." and ".."; the session pages through it by index. */
+  readdir (nodeid: number): Promise<readonly FuseDirEntry[]>
+  getxattr (nodeid: number, name: Buffer): Promise<Buffer | null>
+  listxattr (nodeid: number): Promise<readonly Buffer[]>
+  statfs (): Promise<StatFs>
+}
+
+export interface FuseSessionOptions {
+  mountpoint: string
+  /** fsname shown in /proc/mounts (e.g. the image reference). */
+  fsname?: string
+  /** Seconds the kernel may cache entries and attributes (images are immutable). */
+  cacheTimeoutSec?: number
+  allowOther?: boolean
+  /** Concurrent reads of /dev/fuse (each holds a libuv pool thread). */
+  readers?: number
+  /** Largest READ the kernel may send (bytes; with FUSE_MAX_PAGES). */
+  maxRead?: number
+}
+
+export interface FuseStats { requests: number, errors: number, bytesRead: number }
+
+const readP = promisify(readFd)
+const writeP = promisify(writeFd)
+const openP = promisify(openFile)
+const closeP = promisify(closeFd)
+
+const MAX_WRITE = 128 * 1024
+const BUF_SIZE = MAX_WRITE + 4096 + IN_HEADER
+
+function runMount (args: string[], fd?: number): Promise<void> {
+  return new Promise((resolve, reject) => {
+    const stdio: Array<'ignore' | 'pipe' | number> = ['ignore', 'ignore', 'pipe']
+    if (fd !== undefined) stdio.push(fd)
+    const child = spawn(args[0]!, args.slice(1), { stdio })
+    let err = ''
+    child.stderr?.on('data', (c: Buffer) => { err += c.toString() })
+    child.on('error', reject)
+    child.on('exit', (code) => {
+      if (code === 0) resolve()
+      else reject(new Error(`${args.join(' ')} failed (exit ${String(code)}): ${err.trim()}`))
+    })
+  })
+}
+
+/** Unmounts a FUSE mountpoint; lazily if it is busy or its daemon is gone. */
+export async function unmountFuse (mountpoint: string): Promise<void> {
+  try {
+    await runMount(['umount', mountpoint])
+  } catch {
+    await runMount(['umount', '-l', mountpoint])
+  }
+}
+
+export class FuseSession {
+  private fd = -1
+  private closed: Promise<void> | undefined
+  private loopDone: Promise<void> | undefined
+  private initDone = false
+  private readonly stats: FuseStats = { requests: 0, errors: 0, bytesRead: 0 }
+  private readonly opts: Required<Omit<FuseSessionOptions, 'fsname'>> & { fsname: string }
+
+  constructor (private readonly deps: { fs: FuseFilesystem, log: Logger }, opts: FuseSessionOptions) {
+    this.opts = {
+      mountpoint: opts.mountpoint,
+      fsname: (opts.fsname ?? 'naiad').replace(/[,\s\\]/g, '_'),
+      cacheTimeoutSec: opts.cacheTimeoutSec ?? 365 * 24 * 3600,
+      allowOther: opts.allowOther ?? true,
+      readers: opts.readers ?? 2,
+      maxRead: opts.maxRead ?? 1024 * 1024
+    }
+  }
+
+  get mountpoint (): string { return this.opts.mountpoint }
+
+  statistics (): FuseStats { return { ...this.stats } }
+
+  /** Opens /dev/fuse, mounts, and starts serving. Resolves once the kernel's INIT is answered. */
+  async mount (): Promise<void> {
+    this.fd = await openP('/dev/fuse', 'r+')
+    const options = ['fd=3', 'rootmode=40000', 'user_id=0', 'group_id=0', 'default_permissions', 'ro', `max_read=${this.opts.maxRead}`]
+    if (this.opts.allowOther) options.push('allow_other')
+    try {
+      await runMount(['mount', '-i', '-n', '-t', 'fuse.naiad', '-o', options.join(','), this.opts.fsname, this.opts.mountpoint], this.fd)
+    } catch (err) {
+      await closeP(this.fd).catch(() => {})
+      this.fd = -1
+      throw err
+    }
+    let initResolve!: () => void
+    const init = new Promise<void>((resolve) => { initResolve = resolve })
+    this.onInit = initResolve
+    this.loopDone = Promise.all(Array.from({ length: this.opts.readers }, async () => { await this.readLoop() })).then(() => {})
+    await Promise.race([init, this.loopDone.then(() => { throw new Error('FUSE session ended before INIT') })])
+  }
+
+  private onInit: (() => void) | undefined
+
+  /** Resolves when the kernel ends the session (unmount) or close() is called. */
+  async done (): Promise<void> {
+    await this.loopDone
+  }
+
+  private async readLoop (): Promise<void> {
+    const buf = Buffer.allocUnsafe(BUF_SIZE)
+    for (;;) {
+      if (this.fd < 0) return
+      let n: number
+      try {
+        n = (await readP(this.fd, buf, 0, buf.length, null)).bytesRead
+      } catch (err) {
+        const code = (err as NodeJS.ErrnoException).code
+        if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue // interrupted request
+        if (code === 'ENODEV' || code === 'EBADF') return // unmounted / closed
+        this.deps.log.error({ err }, 'reading /dev/fuse failed')
+        return
+      }
+      if (n === 0) return
+      const req = Buffer.from(buf.subarray(0, n))
+      this.dispatch(req)
+    }
+  }
+
+  private reply (unique: bigint, error: number, ...parts: Buffer[]): void {
+    if (this.fd < 0) return
+    const len = OUT_HEADER + parts.reduce((s, p) => s + p.length, 0)
+    const out = parts.length === 0 ? outHeader(len, -error, unique) : Buffer.concat([outHeader(len, -error, unique), ...parts], len)
+    writeP(this.fd, out, 0, out.length, null).catch((err: NodeJS.ErrnoException) => {
+      // ENOENT: the request was interrupted and is gone; anything else is worth a log line
+      if (err.code !== 'ENOENT' && err.code !== 'EBADF') this.deps.log.warn({ err }, 'writing a FUSE reply failed')
+    })
+  }
+
+  private dispatch (req: Buffer): void {
+    let h: InHeader
+    try {
+      h = decodeInHeader(req)
+    } catch (err) {
+      this.deps.log.error({ err }, 'malformed FUSE request')
+      return
+    }
+    this.stats.requests++
+    this.handle(h, req).catch((err: unknown) => {
+      if (err instanceof FuseErrno) {
+        this.reply(h.unique, err.errno)
+        return
+      }
+      this.stats.errors++
+      if (!(err instanceof ProtocolError)) this.deps.log.error({ err, opcode: h.opcode, nodeid: h.nodeid }, 'FUSE request failed')
+      this.reply(h.unique, err instanceof ProtocolError ? Errno.EINVAL : Errno.EIO)
+    })
+  }
+
+  private async handle (h: InHeader, req: Buffer): Promise<void> {
+    const fs = this.deps.fs
+    const t = this.opts.cacheTimeoutSec
+    switch (h.opcode) {
+      case Op.INIT: {
+        const i = decodeInitIn(req)
+        if (i.major !== FUSE_KERNEL_VERSION) { this.reply(h.unique, Errno.EIO); return }
+        const want = InitFlag.ASYNC_READ | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.POSIX_ACL | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS
+        const flags = (want & i.flags) >>> 0
+        this.reply(h.unique, 0, encodeInitOut({
+          minor: Math.min(i.minor, FUSE_KERNEL_MINOR),
+          maxReadahead: Math.min(i.maxReadahead, this.opts.maxRead),
+          flags,
+          maxBackground: 64,
+          congestionThreshold: 48,
+          maxWrite: MAX_WRITE,
+          timeGran: 1,
+          maxPages: Math.max(1, Math.floor(this.opts.maxRead / 4096))
+        }))
+        this.initDone = true
+        this.onInit?.()
+        return
+      }
+      case Op.DESTROY:
+        this.reply(h.unique, 0)
+        return
+      case Op.FORGET:
+      case Op.BATCH_FORGET:
+      case Op.INTERRUPT:
+        return // no reply
+      case Op.LOOKUP: {
+        const name = cName(req, IN_HEADER)
+        const e = await fs.lookup(h.nodeid, name)
+        this.reply(h.unique, 0, e === null ? encodeEntryOut(0, null, { entrySec: t, attrSec: t }) : encodeEntryOut(e.nodeid, e.attr, { entrySec: t, attrSec: t }))
+        return
+      }
+      case Op.GETATTR:
+        this.reply(h.unique, 0, encodeAttrOut(await fs.getattr(h.nodeid), t))
+        return
+      case Op.READLINK:
+        this.reply(h.unique, 0, await fs.readlink(h.nodeid))
+        return
+      case Op.OPEN: {
+        const flags = req.length >= IN_HEADER + 4 ? req.readUInt32LE(IN_HEADER) : 0
+        if ((flags & 3) !== 0 || (flags & 0o1000) !== 0) throw new FuseErrno(Errno.EROFS)
+        await fs.open(h.nodeid, flags)
+        this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE))
+        return
+      }
+      case Op.READ: {
+        const r = decodeReadIn(req)
+        const data = await fs.read(h.nodeid, r.offset, r.size)
+        this.stats.bytesRead += data.length
+        this.reply(h.unique, 0, data)
+        return
+      }
+      case Op.RELEASE:
+      case Op.RELEASEDIR:
+      case Op.FLUSH:
+      case Op.FSYNC:
+      case Op.FSYNCDIR:
+        this.reply(h.unique, 0)
+        return
+      case Op.OPENDIR:
+        await fs.opendir(h.nodeid)
+        this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE | OpenFlag.CACHE_DIR))
+        return
+      case Op.READDIR:
+      case Op.READDIRPLUS: {
+        const r = decodeReadIn(req)
+        const entries = await fs.readdir(h.nodeid)
+        const plus = h.opcode === Op.READDIRPLUS
+        const out = Buffer.alloc(r.size)
+        let pos = 0
+        for (let i = r.offset; i < entries.length; i++) {
+          const e = entries[i]!
+          const need = plus ? direntplusSize(e.name) : direntSize(e.name)
+          if (pos + need > r.size) break
+          if (plus) {
+            // "." and ".." carry no entry (nodeid 0): the kernel takes no reference for them
+            const dot = e.name.length <= 2 && e.name.every(c => c === 0x2e)
+            encodeEntryOut(dot ? 0 : e.nodeid, dot ? null : e.attr, { entrySec: dot ? 0 : t, attrSec: dot ? 0 : t }, out, pos)
+            pos = writeDirent(out, pos + ENTRY_OUT, e.attr.ino, i + 1, e.type, e.name)
+          } else {
+            pos = writeDirent(out, pos, e.attr.ino, i + 1, e.type, e.name)
+          }
+        }
+        this.reply(h.unique, 0, out.subarray(0, pos))
+        return
+      }
+      case Op.GETXATTR: {
+        const g = decodeGetxattrIn(req)
+        const v = await fs.getxattr(h.nodeid, g.name)
+        if (v === null) throw new FuseErrno(Errno.ENODATA)
+        if (g.size === 0) this.reply(h.unique, 0, encodeGetxattrOut(v.length))
+        else if (g.size < v.length) throw new FuseErrno(Errno.ERANGE)
+        else this.reply(h.unique, 0, v)
+        return
+      }
+      case Op.LISTXATTR: {
+        const size = req.length >= IN_HEADER + 4 ? req.readUInt32LE(IN_HEADER) : 0
+        const names = await fs.listxattr(h.nodeid)
+        const list = Buffer.concat(names.flatMap(n => [n, Buffer.from([0])]))
+        if (size === 0) this.reply(h.unique, 0, encodeGetxattrOut(list.length))
+        else if (size < list.length) throw new FuseErrno(Errno.ERANGE)
+        else this.reply(h.unique, 0, list)
+        return
+      }
+      case Op.STATFS:
+        this.reply(h.unique, 0, encodeStatfsOut(await fs.statfs()))
+        return
+      case Op.SETATTR: case Op.SYMLINK: case Op.MKNOD: case Op.MKDIR: case Op.UNLINK: case Op.RMDIR:
+      case Op.RENAME: case Op.LINK: case Op.WRITE: case Op.SETXATTR: case Op.REMOVEXATTR: case Op.CREATE:
+      case Op.RENAME2: case Op.FALLOCATE: case Op.COPY_FILE_RANGE: case Op.TMPFILE:
+        throw new FuseErrno(Errno.EROFS)
+      default:
+        // ACCESS (default_permissions does the checks), STATX, LSEEK, locks, ioctl, poll…: the
+        // kernel falls back or remembers the ENOSYS
+        throw new FuseErrno(Errno.ENOSYS)
+    }
+  }
+
+  /** True once the kernel's INIT was answered. */
+  get ready (): boolean { return this.initDone }
+
+  /**
+   * Unmounts (lazily if busy) and closes /dev/fuse. Safe to call twice; concurrent callers share
+   * one completion.
+   */
+  async close (): Promise<void> {
+    this.closed ??= (async () => {
+      if (this.fd >= 0) {
+        await unmountFuse(this.opts.mountpoint).catch((err: unknown) => { this.deps.log.warn({ err, mountpoint: this.opts.mountpoint }, 'unmount failed') })
+        const fd = this.fd
+        this.fd = -1
+        await closeP(fd).catch(() => {})
+      }
+      await Promise.race([this.loopDone, new Promise(resolve => setTimeout(resolve, 2000).unref())])
+    })()
+    await this.closed
+  }
+}

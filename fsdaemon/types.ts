@@ -1,0 +1,80 @@
+/**
+ * The fsdaemon's internal contracts, in the words of their consumers:
+ *
+ *   FUSE session ──▶ RafsFilesystem (fs/) ──▶ BlobCache (cache/) ──▶ SourceChain (fetch/)
+ *                                                 ▲                     ├─ mirrors (p2p peer…)
+ *                        Prefetcher (prefetch/) ──┘                     ├─ origin registry
+ *                                                                       └─ local blob dir
+ *
+ * - A `RangeSource` fetches raw (compressed) byte ranges of a data blob from one place.
+ * - A `SourceChain` tries its sources in order (healthy mirrors first, the origin last) and can
+ *   be told to skip a source that served bad bytes.
+ * - A `BlobCache` owns one blob's on-disk cache (sparse file of uncompressed chunks + persisted
+ *   ready-bitmap), fetches missing chunks through a chain (single-flight, adjacent chunks merged
+ *   into one Range request), verifies every chunk against its digest, and serves reads.
+ */
+import type { BlobInfo, ChunkRef } from '../lib/format/types.ts'
+
+export type FetchPriority = 'ondemand' | 'prefetch'
+
+export interface FetchOptions {
+  signal?: AbortSignal
+  priority?: FetchPriority
+}
+
+export interface RangeSource {
+  /** Stable name for logs and metrics: `origin`, `mirror:http://127.0.0.1:65001`, `local:/dir`. */
+  readonly name: string
+  /** 'origin' | 'mirror' | 'local' */
+  readonly kind: 'origin' | 'mirror' | 'local'
+  /**
+   * Returns exactly the bytes [start, end] (inclusive) of the blob, or throws (NaiadError with a
+   * REG/FS code; never returns short data).
+   */
+  fetch (blobId: string, start: number, end: number, opts?: FetchOptions): Promise<Buffer>
+  /** False while a health check says the source should be skipped (mirrors). */
+  healthy (): boolean
+  close (): Promise<void>
+}
+
+export interface FetchResult {
+  data: Buffer
+  /** The name of the source that served it. */
+  source: string
+}
+
+export interface ChunkFetcher {
+  /**
+   * Fetches [start, end] of a blob from the first healthy source that succeeds, skipping the
+   * sources named in `exclude` (they served bad bytes for this range). Throws the last error when
+   * every source failed.
+   */
+  fetchRange (blobId: string, start: number, end: number, opts?: FetchOptions & { exclude?: ReadonlySet<string> }): Promise<FetchResult>
+}
+
+export interface BlobCacheStats {
+  blobId: string
+  chunks: number
+  readyChunks: number
+  /** Bytes fetched per source name. */
+  bytesFetched: Record<string, number>
+  /** Chunk reads served from the cache without fetching. */
+  cacheHits: number
+  /** Chunks fetched and verified against their digest. */
+  chunksVerified: number
+  /** Chunks that failed verification (and were fetched again elsewhere). */
+  digestFailures: number
+}
+
+export interface ChunkReader {
+  /**
+   * Reads `length` bytes at `offset` within the uncompressed chunk `ref` (offset + length ≤
+   * ref.uncompressedSize), fetching and verifying the chunk first if it is not cached.
+   */
+  read (ref: ChunkRef, offset: number, length: number, fetcher: ChunkFetcher, opts?: FetchOptions): Promise<Buffer>
+  /** Makes the chunks ready (fetching missing ones, merged), e.g. for prefetch. */
+  ensure (refs: readonly ChunkRef[], fetcher: ChunkFetcher, opts?: FetchOptions): Promise<void>
+  isReady (chunkIndex: number): boolean
+  readonly blob: BlobInfo
+  stats (): BlobCacheStats
+}
