@@ -17,12 +17,13 @@ import { DEFAULT_CHUNK_SIZE, MAX_CHUNK_SIZE, MIN_CHUNK_SIZE, type Compressor, ty
 import { convertImage, type ConvertResult } from './convert.ts'
 import { checkImage, type CheckResult } from './check.ts'
 import { inspectJson, inspectText } from './inspect.ts'
-import { loadChunkDict, loadNydusBootstrap } from './chunkdict.ts'
+import { loadChunkDict } from './chunkdict.ts'
+import { loadNydusBootstrap } from '../lib/nydus/image.ts'
 import { parsePatternFile } from './prefetch.ts'
 import { SourceImage, TargetImage } from './image.ts'
 import { formatDifferences } from './compare.ts'
 import { progressReporter, reportError, type Io } from './output.ts'
-import { readBootstrapLayer } from './bootstrap-layer.ts'
+import { readBootstrapLayer } from '../lib/nydus/bootstrap-layer.ts'
 
 export type { Io } from './output.ts'
 

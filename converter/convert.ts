@@ -25,7 +25,7 @@ import type { Descriptor, ImageConfig, Manifest, Platform } from '../lib/oci/typ
 import { parseImageConfig } from '../lib/oci/parse.ts'
 import { MergedTree, walk } from './tree.ts'
 import { layerTarBytes } from './layers.ts'
-import { buildBootstrapLayer } from './bootstrap-layer.ts'
+import { buildBootstrapLayer } from '../lib/nydus/bootstrap-layer.ts'
 import { canonicalJson, platformString, type SourceImage, type TargetImage } from './image.ts'
 import { compilePatterns } from './prefetch.ts'
 import type { ChunkDict } from './chunkdict.ts'

@@ -8,7 +8,7 @@ import { closeSync, openSync, readFileSync, writeFileSync, writeSync, ftruncateS
 import { join } from 'node:path'
 import { BlobReader, fileBlobSource } from '../../lib/format/blob.ts'
 import { Bootstrap } from '../../lib/format/bootstrap.ts'
-import { readBootstrapLayer } from '../../converter/bootstrap-layer.ts'
+import { readBootstrapLayer } from '../../lib/nydus/bootstrap-layer.ts'
 
 export interface ErofsImage {
   bootstrapPath: string

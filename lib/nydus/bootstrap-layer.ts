@@ -6,9 +6,9 @@
  */
 import { createGzip, gunzipSync } from 'node:zlib'
 import { pack as tarPack } from 'tar-stream'
-import { Digester, type Digest } from '../lib/digest/index.ts'
-import { NaiadError } from '../lib/errors/index.ts'
-import { readTar } from '../lib/tar/reader.ts'
+import { Digester, type Digest } from '../digest/index.ts'
+import { NaiadError } from '../errors/index.ts'
+import { readTar } from '../tar/reader.ts'
 
 export interface BootstrapLayer {
   /** gzip tar bytes */
