@@ -60,6 +60,12 @@ export const CODES = {
   NAIAD_TAR_UNSAFE_LINK: { kind: 'InvalidArgument', summary: 'a hard link in a layer points outside the image or at nothing', hint: 'rebuild the layer; hard links must name an earlier entry inside the image' },
   NAIAD_TAR_UNSUPPORTED: { kind: 'NotImplemented', summary: 'a layer holds a tar entry type naiad cannot convert', hint: 'the message names the entry and its type' },
 
+  // fsdaemon (mounts and the control API)
+  NAIAD_FS_DAEMON_UNAVAILABLE: { kind: 'Unavailable', summary: 'the fsdaemon control socket does not answer', hint: 'check that `naiad fsd` runs (systemctl status naiad-fsd, or the snapshotter that starts it) and the socket path' },
+  NAIAD_FS_MOUNT: { kind: 'FailedPrecondition', summary: 'a FUSE mount could not be made', hint: 'the mountpoint must be an empty directory; /dev/fuse must exist (modprobe fuse); mounting needs root' },
+  NAIAD_FS_NOT_MOUNTED: { kind: 'NotFound', summary: 'no naiad mount at that mountpoint', hint: 'list mounts with `naiad fsd ls`' },
+  NAIAD_FS_STATE: { kind: 'DataLoss', summary: 'the fsdaemon state file is unreadable', hint: 'it is rewritten on the next mount; stale mounts are still found in /proc/mounts' },
+
   // generic
   NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
   NAIAD_CLOSED: { kind: 'FailedPrecondition', summary: 'the component was already closed', hint: 'this is a bug in the caller' },
