@@ -65,6 +65,11 @@ export const CODES = {
   NAIAD_FS_MOUNT: { kind: 'FailedPrecondition', summary: 'a FUSE mount could not be made', hint: 'the mountpoint must be an empty directory; /dev/fuse must exist (modprobe fuse); mounting needs root' },
   NAIAD_FS_NOT_MOUNTED: { kind: 'NotFound', summary: 'no naiad mount at that mountpoint', hint: 'list mounts with `naiad fsd ls`' },
   NAIAD_FS_STATE: { kind: 'DataLoss', summary: 'the fsdaemon state file is unreadable', hint: 'it is rewritten on the next mount; stale mounts are still found in /proc/mounts' },
+  // fsdaemon byte plane (cache, sources, prefetch)
+  NAIAD_FS_SOURCES_EXHAUSTED: { kind: 'Unavailable', summary: 'no blob source was left to try for a byte range', hint: 'every source was excluded or failed; the message names each source and its cause' },
+  NAIAD_FS_CHUNK_CORRUPT: { kind: 'DataLoss', summary: 'no source served bytes that match a chunk\'s digest', hint: 'the bad bytes were never served or cached; the message names the sources that served them: check the mirror, or the blob in the registry' },
+  NAIAD_FS_BLOB_NOT_FOUND: { kind: 'NotFound', summary: 'a local blob directory has no file for the blob', hint: 'blob files are named by blob id (64 hex characters) in --blob-dir' },
+  NAIAD_FS_CACHE_LOCKED: { kind: 'FailedPrecondition', summary: 'the cache directory is in use by another daemon', hint: 'run one fsdaemon per cache dir; the message names the process holding it' },
 
   // generic
   NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
