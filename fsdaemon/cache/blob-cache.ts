@@ -24,6 +24,7 @@
  * aborts) stops waiting, while the fetch goes on for the others and fills the cache. close()
  * aborts fetches in flight.
  */
+import { setMaxListeners } from 'node:events'
 import { constants } from 'node:fs'
 import { mkdir, open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -130,6 +131,8 @@ export class BlobCache implements ChunkReader {
     if (!(this.maxRequestBytes > 0) || !(this.maxGapBytes >= 0) || !(this.flushIntervalMs >= 0)) {
       throw new NaiadError('NAIAD_CFG_INVALID', `blob cache: maxRequestBytes must be positive, maxGapBytes and flushIntervalMs not negative (got ${this.maxRequestBytes}, ${this.maxGapBytes}, ${this.flushIntervalMs})`)
     }
+    // shared by every request in flight
+    setMaxListeners(0, this.ctl.signal)
     this.ready = new Uint8Array(bitmapBytes(blob.chunkCount))
     this.persisted = new Uint8Array(this.ready.length)
   }

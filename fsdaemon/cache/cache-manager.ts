@@ -223,7 +223,8 @@ export class CacheManager {
       }
       const b = byId.get(id) ?? { blobId: id, bytes: 0, users: this.entries.get(id)?.users ?? 0, lastUsed: 0 }
       b.bytes += st.blocks * 512
-      b.lastUsed = Math.max(b.lastUsed, st.mtimeMs)
+      // the chunk_map's mtime is the last use (set on release); the data file's only if alone
+      if (m[2] === 'chunk_map' || b.lastUsed === 0) b.lastUsed = st.mtimeMs
       byId.set(id, b)
     }
     for (const b of byId.values()) {

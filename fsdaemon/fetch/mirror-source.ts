@@ -10,6 +10,7 @@
  * healthy again as soon as a health check passes. A 404/401/403 is the origin's answer relayed,
  * not a mirror failure. The mirror never retries: the chain falls back to the next source.
  */
+import { setMaxListeners } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
 import { NaiadError } from '../../lib/errors/index.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
@@ -101,6 +102,8 @@ export class MirrorRangeSource implements RangeSource {
     if (!REPOSITORY.test(options.repository)) {
       throw new NaiadError('NAIAD_REF_INVALID', `not a repository name: ${JSON.stringify(options.repository.slice(0, 200))}`)
     }
+    // shared by every request in flight
+    setMaxListeners(0, this.closing.signal)
     this.base = base
     this.url = `${base.origin}${base.pathname.replace(/\/+$/, '')}`
     this.name = options.name ?? `mirror:${this.url}`

@@ -9,6 +9,7 @@
  * retry on its own: a body cut off mid-stream (reset, truncation) and HTTP 500. Errors keep the
  * client's codes (NAIAD_REG_UNAVAILABLE, NAIAD_REG_NOT_FOUND, NAIAD_REG_UNAUTHORIZED…).
  */
+import { setMaxListeners } from 'node:events'
 import type { Readable } from 'node:stream'
 import { parseDigest, type Digest } from '../../lib/digest/index.ts'
 import { NaiadError, isNaiadError } from '../../lib/errors/index.ts'
@@ -65,6 +66,8 @@ export class RegistryRangeSource implements RangeSource {
     this.timeoutMs = options.timeoutMs ?? 60_000
     this.retries = options.retries ?? 3
     this.baseDelay = options.retryBaseDelayMs ?? 100
+    // shared by every request in flight
+    setMaxListeners(0, this.closing.signal)
     if (!(this.timeoutMs > 0) || !Number.isInteger(this.retries) || this.retries < 0) {
       throw new NaiadError('NAIAD_INTERNAL', `registry source ${this.name}: invalid timeout ${this.timeoutMs} or retries ${this.retries}`)
     }

@@ -12,8 +12,10 @@
  * - Chunks already ready are skipped (checked again right before fetching).
  * - Failures are logged and counted, never thrown, and never fail a read: a read that joined a
  *   failed prefetch fetch fetches again by itself (BlobCache).
- * - `close()` (or the `signal`) stops it: no new batch starts, the wait ends.
+ * - `close()` (or the `signal`) stops it: no new batch starts, the wait ends (requests already
+ *   sent complete in the cache's background and are kept).
  */
+import { setMaxListeners } from 'node:events'
 import type { BlobInfo, ChunkRef } from '../../lib/format/types.ts'
 import { NaiadError } from '../../lib/errors/index.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
@@ -109,6 +111,8 @@ export class Prefetcher {
     this.now = deps.now ?? Date.now
     this.throttle = new Throttle({ now: this.now }, { bytesPerSec: bw })
     this.log = (deps.logger ?? nullLogger()).child({ component: 'fsdaemon.prefetch' })
+    // shared by every request in flight
+    setMaxListeners(0, this.ctl.signal)
     this.s = { state: 'idle', phase: undefined, files: this.files.length, chunksTotal: 0, chunksDone: 0, chunksFetched: 0, chunksSkipped: 0, chunksFailed: 0, bytesFetched: 0, yieldedToReads: 0 }
     const outer = options.signal
     if (outer !== undefined) {
@@ -149,7 +153,10 @@ export class Prefetcher {
     }
   }
 
-  /** Stops: no new batch starts; resolves when the batches in flight ended. Safe twice. */
+  /**
+   * Stops: no new batch starts and the workers stop waiting; resolves when they have. Requests
+   * already sent finish in the background and still fill the cache. Safe twice.
+   */
   async close (): Promise<void> {
     if (!this.ctl.signal.aborted) this.ctl.abort(new NaiadError('NAIAD_CLOSED', 'prefetch stopped'))
     await this.running
