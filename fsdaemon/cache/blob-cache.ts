@@ -65,6 +65,8 @@ export interface BlobCacheDetailStats extends BlobCacheStats {
   flushes: number
   /** Chunks being fetched now. */
   inflightChunks: number
+  /** Chunks that failed verification, by the source that served them. */
+  badBytesFrom: Record<string, number>
 }
 
 interface Inflight {
@@ -112,6 +114,7 @@ export class BlobCache implements ChunkReader {
   private readonly running = new Set<Promise<void>>()
   private readonly ctl = new AbortController()
   private readonly bytesFetched: Record<string, number> = {}
+  private readonly badBytesFrom: Record<string, number> = {}
   private readonly counters = { cacheHits: 0, chunksVerified: 0, digestFailures: 0, requests: 0, writeErrors: 0, flushes: 0 }
 
   constructor (deps: BlobCacheDeps, options: BlobCacheOptions) {
@@ -275,7 +278,16 @@ export class BlobCache implements ChunkReader {
     if (length === 0) return Buffer.alloc(0)
     for (let round = 0; round < 4; round++) {
       if (testBit(this.ready, ref.index)) {
-        const b = await this.pread(ref.uncompressedOffset + offset, length)
+        let b: Buffer | undefined
+        try {
+          b = await this.pread(ref.uncompressedOffset + offset, length)
+        } catch (err) {
+          if (this.state !== 'open') throw err
+          // a disk error on the cache file is not the reader's problem: fetch the chunk again
+          // (served from memory if it cannot be written back either)
+          this.forget(ref.index, `cannot read the cache file: ${describeError(err)}`)
+          b = undefined
+        }
         if (b !== undefined) {
           this.counters.cacheHits++
           return b
@@ -426,6 +438,7 @@ export class BlobCache implements ChunkReader {
             data = BlobReader.decodeChunk(c, raw)
           } catch (err) {
             this.counters.digestFailures++
+            this.badBytesFrom[res.source] = (this.badBytesFrom[res.source] ?? 0) + 1
             exclude.add(res.source)
             const list = bad.get(c.index) ?? []
             list.push(res.source)
@@ -541,7 +554,8 @@ export class BlobCache implements ChunkReader {
       requests: this.counters.requests,
       writeErrors: this.counters.writeErrors,
       flushes: this.counters.flushes,
-      inflightChunks: this.inflight.size
+      inflightChunks: this.inflight.size,
+      badBytesFrom: { ...this.badBytesFrom }
     }
   }
 

@@ -8,7 +8,8 @@
  * them). The mirror is marked unhealthy after `failureThreshold` consecutive failures, counting
  * failed requests (transport errors, 5xx, wrong answers) and failed health checks alike, and
  * healthy again as soon as a health check passes. A 404/401/403 is the origin's answer relayed,
- * not a mirror failure. The mirror never retries: the chain falls back to the next source.
+ * not a mirror failure. A request it serves (the chain tries unhealthy sources as a last resort)
+ * also makes it healthy again. The mirror never retries: the chain falls back to the next source.
  */
 import { setMaxListeners } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
@@ -184,16 +185,21 @@ export class MirrorRangeSource implements RangeSource {
     }
     if (this.closed) return false
     if (ok) {
-      this.failures = 0
-      if (!this.isHealthy) {
-        this.isHealthy = true
-        this.log.info({ mirror: this.url }, 'mirror healthy again, using it')
-      }
+      this.succeeded()
     } else {
       this.counters.healthCheckFailures++
       this.failed(`health check: ${reason}`)
     }
     return ok
+  }
+
+  /** A passing health check, or a request served (e.g. tried as a last resort): healthy again. */
+  private succeeded (): void {
+    this.failures = 0
+    if (!this.isHealthy) {
+      this.isHealthy = true
+      this.log.info({ mirror: this.url }, 'mirror healthy again, using it')
+    }
   }
 
   private failed (reason: string): void {
@@ -263,7 +269,7 @@ export class MirrorRangeSource implements RangeSource {
       } catch (err) {
         throw networkError(err, what, url, 1)
       }
-      this.failures = 0
+      this.succeeded()
       return data
     } catch (err) {
       if (isCallerAbort(opts.signal)) throw abortReason(opts.signal as AbortSignal)

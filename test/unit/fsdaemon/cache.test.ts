@@ -1,5 +1,5 @@
 import { existsSync } from 'node:fs'
-import { readFile, stat, writeFile } from 'node:fs/promises'
+import { readFile, stat, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { BlobCache } from '../../../fsdaemon/cache/blob-cache.ts'
@@ -261,6 +261,20 @@ describe('BlobCache persistence', () => {
     await until(() => cache.stats().flushes === 1, 2000, 'a timed flush')
   })
 
+  it('a cache file truncated behind its back: the lost chunk is fetched again, not an error', async () => {
+    server.reset()
+    const chain = new SourceChain({ sources: [origin(server)] })
+    const { logger, lines } = recordingLogger()
+    const cache = await openCache(tb, { logger })
+    await cache.ensure([ref(14)], chain)
+    await truncate(cache.dataPath, ref(14).uncompressedOffset)
+    expect((await cache.read(ref(14), 0, 4096, chain)).equals(tb.chunk(14))).toBe(true)
+    expect(server.requests()).toHaveLength(2)
+    expect(lines.some(l => l.msg.includes('cached chunk lost') && l.chunkIndex === 14)).toBe(true)
+    expect((await cache.read(ref(14), 0, 4096, chain)).equals(tb.chunk(14))).toBe(true)
+    expect(server.requests()).toHaveLength(2)
+  })
+
   it('discards a chunk map with a wrong magic, blob id or size, and starts empty', async () => {
     const local = localChain(tb.dir)
     const t = await tempDir()
@@ -320,6 +334,7 @@ describe('BlobCache integrity', () => {
     for (const r of [ref(2), target, ref(4)]) expect((await cache.read(r, 0, r.uncompressedSize, chain)).equals(tb.chunk(r.index))).toBe(true)
     const s = cache.stats()
     expect(s.digestFailures).toBe(1)
+    expect(s.badBytesFrom).toEqual({ [mirror.name]: 1 })
     expect(s.chunksVerified).toBe(3)
     expect(s.bytesFetched).toEqual({ [mirror.name]: ref(4).compressedOffset + ref(4).compressedSize - ref(2).compressedOffset, origin: target.compressedSize })
     const warn = lines.find(l => l.msg.includes('failed verification'))

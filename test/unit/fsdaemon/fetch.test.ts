@@ -241,6 +241,10 @@ describe('SourceChain', () => {
     originSrv.failStatus = 503
     const chain = new SourceChain({ sources: [mirror, registrySource(originSrv)] })
     expect(await chain.fetchRange(id(), 0, 9)).toMatchObject({ source: mirror.name })
+    // serving a request is proof enough: healthy again
+    expect(mirror.healthy()).toBe(true)
+    await mirror.check()
+    expect(mirror.healthy()).toBe(false)
     const strict = new SourceChain({ sources: [mirror, registrySource(originSrv)] }, { tryUnhealthy: false })
     const e = await caught(strict.fetchRange(id(), 0, 9))
     expect(e.message).toContain('skipped: unhealthy')
