@@ -1,6 +1,8 @@
+import { execFile } from 'node:child_process'
 import { existsSync } from 'node:fs'
 import { readFile, stat, truncate, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
+import { promisify } from 'node:util'
 import { afterAll, afterEach, beforeAll, describe, expect, it } from 'vitest'
 import { BlobCache } from '../../../fsdaemon/cache/blob-cache.ts'
 import { CacheManager } from '../../../fsdaemon/cache/cache-manager.ts'
@@ -15,6 +17,7 @@ import type { ChunkRef } from '../../../lib/format/types.ts'
 import { RegistryClient } from '../../../lib/registry/index.ts'
 import { buildBlob, recordingLogger, startBlobServer, tempDir, until, type BlobServer, type TestBlob } from './cache-fixtures.ts'
 
+const execFileP = promisify(execFile)
 const cleanups: Array<() => Promise<void>> = []
 afterEach(async () => {
   for (const c of cleanups.splice(0).reverse()) await c()
@@ -206,6 +209,27 @@ describe('BlobCache reads', () => {
     await expect(pre).rejects.toThrow()
     expect((await read).equals(tb.chunk(9))).toBe(true)
     expect(prefetchCalls).toBe(1)
+  })
+
+  const asRoot = process.getuid?.() === 0 ? it : it.skip
+  asRoot('a full disk costs the caching, not the read: chunks are served from memory', async (ctx) => {
+    const t = await tempDir()
+    cleanups.push(t.cleanup)
+    try {
+      await execFileP('mount', ['-t', 'tmpfs', '-o', 'size=16k', 'tmpfs', t.dir])
+    } catch {
+      ctx.skip() // no tmpfs mounts here (e.g. in a user namespace without CAP_SYS_ADMIN)
+    }
+    cleanups.push(async () => { await execFileP('umount', [t.dir]) })
+    const { logger, lines } = recordingLogger()
+    const cache = await openCache(tb, { dir: t.dir, logger })
+    const chain = localChain(tb.dir)
+    for (const r of tb.refs.slice(0, 10)) expect((await cache.read(r, 0, r.uncompressedSize, chain)).equals(tb.chunk(r.index))).toBe(true)
+    const s = cache.stats()
+    expect(s.writeErrors).toBeGreaterThan(0)
+    expect(s.readyChunks).toBe(10 - s.writeErrors)
+    expect(lines.some(l => l.msg.includes('serving it from memory') && (l.err as { message?: string } | undefined)?.message?.includes('ENOSPC') === true)).toBe(true)
+    await cache.close()
   })
 
   it('rejects reads after close with NAIAD_CLOSED; close is safe twice', async () => {
