@@ -1,6 +1,7 @@
 import { readFileSync } from 'node:fs'
 import { Command, CommanderError } from 'commander'
 import { registerConverterCommands, type Io } from '../converter/cli.ts'
+import { registerP2pCommands } from '../p2p/cli.ts'
 
 function version (): string {
   try {
@@ -22,6 +23,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
       writeErr: (s) => { io.stderr.write(s) }
     })
   registerConverterCommands(program, io, (c) => { code = c })
+  registerP2pCommands(program, io, (c) => { code = c })
   for (const c of program.commands) c.exitOverride()
   try {
     await program.parseAsync(argv, { from: 'user' })

@@ -31,7 +31,7 @@ export const fsdConfigSchema = s.object({
   mirrors: s.array(s.object({
     url: s.string({ pattern: /^https?:\/\/[^/\s]+\/?$/, description: 'base URL of the mirror, e.g. http://127.0.0.1:65001 (the node\'s p2p peer)' }),
     health_check_interval: s.duration({ default: '5s', description: 'how often /healthz is polled' }),
-    pass_authorization: s.boolean({ default: true, description: 'send the origin credential to this mirror (only for a mirror on this node: it uses it for the origin and never forwards it)' })
+    pass_authorization: s.boolean({ default: false, description: 'send the origin credential to this mirror (only for a mirror on this node: it uses it for the origin and never forwards it); off by default: the node peer uses the node credentials' })
   }), { default: [], description: 'mirrors tried before the origin, in order (docs/mirror-contract.md)' }),
   prefetch: s.object({
     enable: s.boolean({ default: true, description: 'after mounting, fetch the files of the image\'s prefetch table in the background' }),

@@ -93,3 +93,17 @@ export function writeSyncAll (fd: number, b: Buffer, pos: number): void {
   let off = 0
   while (off < b.length) off += writeSync(fd, b, off, b.length - off, pos + off)
 }
+
+/**
+ * listTree without blocking this process: required whenever this process also serves something
+ * the listed mount depends on (a counting proxy in front of the registry, for example).
+ */
+export async function listTreeAsync (dir: string, ...opts: string[]): Promise<string> {
+  const { execFile } = await import('node:child_process')
+  return await new Promise((resolve, reject) => {
+    execFile('python3', [new URL('./fslist.py', import.meta.url).pathname, dir, ...opts], { encoding: 'utf8', maxBuffer: 256 << 20 }, (err, stdout, stderr) => {
+      if (err !== null) reject(new Error(`${err.message}\n${stderr}`))
+      else resolve(stdout)
+    })
+  })
+}

@@ -47,6 +47,10 @@ export interface RunningRegistry {
   pid: number
   /** Kills the registry (SIGTERM, then SIGKILL) and removes `dir`. Safe to call twice. */
   stop: () => Promise<void>
+  /** Kills the registry process (SIGKILL) but keeps its storage: an outage. */
+  kill: () => Promise<void>
+  /** Starts the registry again on the same address with the same storage after kill(). */
+  restart: () => Promise<void>
 }
 
 const children = new Set<ChildProcess>()
@@ -155,19 +159,36 @@ export async function startRegistry (opts: StartRegistryOptions = {}): Promise<R
       continue
     }
     let stopping: Promise<void> | undefined
-    return {
+    let current = child
+    const reg: RunningRegistry = {
       host,
       url,
       dir,
       pid: child.pid ?? -1,
       stop: async () => {
         stopping ??= (async () => {
-          await killChild(child)
+          await killChild(current)
           await rm(dir, { recursive: true, force: true })
         })()
         await stopping
+      },
+      kill: async () => {
+        if (current.exitCode !== null || current.signalCode !== null) return
+        const gone = new Promise<void>(resolve => current.once('exit', () => resolve()))
+        current.kill('SIGKILL')
+        await gone
+      },
+      restart: async () => {
+        const fd = openSync(logPath, 'a')
+        const again = spawn(REGISTRY_BIN, ['serve', cfg], { stdio: ['ignore', fd, fd], detached: false })
+        closeSync(fd)
+        trackChild(again)
+        current = again
+        reg.pid = again.pid ?? -1
+        await waitForRegistry(url, again, logPath)
       }
     }
+    return reg
   }
   await rm(dir, { recursive: true, force: true })
   throw lastErr

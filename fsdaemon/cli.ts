@@ -1,0 +1,92 @@
+/**
+ * `naiad fsd` (the daemon, or one standalone mount) and `naiad fsctl` (talks to a running daemon
+ * over its control socket). main.ts is the composition root; this file only parses flags.
+ */
+import { Option, type Command } from 'commander'
+import { FsdClient } from '../lib/fsdapi/index.ts'
+import { isNaiadError, toExitCode } from '../lib/errors/index.ts'
+import { runFsd, type FsdCliOptions } from './main.ts'
+
+export interface Io {
+  stdout: NodeJS.WritableStream
+  stderr: NodeJS.WritableStream
+}
+
+const DEFAULT_SOCKET = '/run/naiad/fsd.sock'
+
+function printError (io: Io, err: unknown): number {
+  if (isNaiadError(err)) io.stderr.write(`naiad: ${err.code}: ${err.message}\nhint: ${err.hint}\n`)
+  else io.stderr.write(`naiad: ${err instanceof Error ? err.message : String(err)}\n`)
+  return toExitCode(err)
+}
+
+export function registerFsdCommands (program: Command, io: Io, setExit: (code: number) => void): void {
+  program.command('fsd')
+    .description('serve RAFS v6 images lazily over FUSE: as a daemon with a control socket, or one standalone mount (--mountpoint)')
+    .option('--config <file>', 'configuration file (default /etc/naiad/fsd.toml if it exists)')
+    .option('--image <ref>', 'standalone: a Nydus image to mount (its bootstrap layer is fetched, data blobs are read lazily)')
+    .option('--bootstrap <file>', 'standalone: a local RAFS v6 bootstrap to mount')
+    .option('--blob-dir <dir>', 'with --bootstrap: directory of blob files named by blob id')
+    .option('--mountpoint <dir>', 'standalone: where to mount; the daemon runs until SIGINT/SIGTERM, then unmounts')
+    .option('--plain-http', 'plain HTTP for the registry')
+    .option('--socket <path>', `control socket (default ${DEFAULT_SOCKET}; standalone mode has none unless given)`)
+    .option('--cache-dir <dir>', 'chunk cache directory (overrides the config)')
+    .option('--state-dir <dir>', 'state directory (overrides the config)')
+    .option('--no-prefetch', 'do not prefetch the prefetch table')
+    .option('--prefetch-all', 'after the prefetch table, fetch the whole image in the background')
+    .option('--mirror <url...>', 'mirrors to try before the origin (e.g. http://127.0.0.1:65001); overrides the config')
+    .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .action(async (o: FsdCliOptions) => {
+      setExit(await runFsd(o, io))
+    })
+
+  const ctl = program.command('fsctl').description('control a running fsdaemon over its socket')
+  const sock = (c: Command): Command => c.option('--socket <path>', 'control socket', DEFAULT_SOCKET)
+  sock(ctl.command('mount'))
+    .description('mount an image (or a local bootstrap) through the daemon')
+    .requiredOption('--mountpoint <dir>', 'where to mount (absolute path)')
+    .option('--image <ref>', 'a Nydus image reference')
+    .option('--bootstrap <file>', 'a local bootstrap')
+    .option('--blob-dir <dir>', 'with --bootstrap: blob directory')
+    .option('--plain-http', 'plain HTTP for the registry')
+    .option('--no-prefetch', 'no prefetch')
+    .action(async (o: { socket: string, mountpoint: string, image?: string, bootstrap?: string, blobDir?: string, plainHttp?: boolean, prefetch: boolean }) => {
+      try {
+        const info = await new FsdClient({ socketPath: o.socket }).mount({
+          mountpoint: o.mountpoint,
+          ...(o.image !== undefined ? { image: o.image } : {}),
+          ...(o.bootstrap !== undefined ? { bootstrap: o.bootstrap } : {}),
+          ...(o.blobDir !== undefined ? { blobDir: o.blobDir } : {}),
+          ...(o.plainHttp === true ? { plainHttp: true } : {}),
+          prefetch: o.prefetch
+        })
+        io.stdout.write(JSON.stringify(info, null, 2) + '\n')
+        setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
+  sock(ctl.command('umount'))
+    .description('unmount')
+    .argument('<mountpoint>')
+    .action(async (mountpoint: string, o: { socket: string }) => {
+      try {
+        await new FsdClient({ socketPath: o.socket }).unmount(mountpoint)
+        setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
+  sock(ctl.command('ls'))
+    .description('list mounts with per-blob statistics (JSON)')
+    .action(async (o: { socket: string }) => {
+      try {
+        io.stdout.write(JSON.stringify(await new FsdClient({ socketPath: o.socket }).list(), null, 2) + '\n')
+        setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
+  sock(ctl.command('info'))
+    .description('daemon information (JSON)')
+    .action(async (o: { socket: string }) => {
+      try {
+        io.stdout.write(JSON.stringify(await new FsdClient({ socketPath: o.socket }).daemon(), null, 2) + '\n')
+        setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
+}

@@ -1,0 +1,326 @@
+/**
+ * The fsdaemon: serves any number of RAFS v6 mounts from one process (one daemon per node), all
+ * sharing one chunk cache directory. For each mount it loads the bootstrap (from an image's
+ * bootstrap layer, or a local file), builds the blob sources (configured mirrors, then the origin
+ * registry, or a local blob directory), opens the blobs' caches, mounts FUSE and starts prefetch.
+ *
+ * Crash recovery: mounts are recorded in the state dir; on start, recorded mounts whose FUSE server
+ * is gone are detached and mounted again (already cached chunks are not fetched again).
+ */
+import { mkdir, readFile } from 'node:fs/promises'
+import { NaiadError, isNaiadError } from '../lib/errors/index.ts'
+import type { Logger } from '../lib/log/index.ts'
+import type { DaemonInfo, MountInfo, MountRequest, BlobStats } from '../lib/fsdapi/index.ts'
+import { Bootstrap } from '../lib/format/bootstrap.ts'
+import type { BlobInfo, ChunkRef } from '../lib/format/types.ts'
+import { loadNydusBootstrap } from '../lib/nydus/image.ts'
+import { openImageStore } from '../lib/registry/open.ts'
+import type { ImageStore } from '../lib/registry/store.ts'
+import { parseReference, type RegistryReference } from '../lib/oci/reference.ts'
+import { FuseSession, unmountFuse } from './fuse/session.ts'
+import { RafsFilesystem } from './fs/rafs.ts'
+import { SourceChain } from './fetch/source-chain.ts'
+import { RegistryRangeSource } from './fetch/registry-source.ts'
+import { MirrorRangeSource } from './fetch/mirror-source.ts'
+import { LocalDirRangeSource } from './fetch/local-source.ts'
+import { FetchGate } from './fetch/gate.ts'
+import type { ChunkReader, RangeSource } from './types.ts'
+import type { FsdConfig } from './config.ts'
+import { StateStore, naiadMounts, isStaleMount, pidAlive, type MountRecord } from './state.ts'
+import { FsdMetrics } from './metrics.ts'
+import type { CacheManager, BlobCacheLease } from './cache/index.ts'
+import { Prefetcher, type PrefetchFile } from './prefetch/index.ts'
+
+interface Mount {
+  request: MountRequest
+  since: string
+  bootstrap: Bootstrap
+  fs: RafsFilesystem
+  session: FuseSession
+  chain: SourceChain
+  caches: Map<BlobInfo, BlobCacheLease>
+  store: ImageStore | undefined
+  prefetch: Prefetcher | undefined
+  log: Logger
+}
+
+const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/
+
+export class FsDaemon {
+  private readonly mounts = new Map<string, Mount>()
+  private readonly pending = new Map<string, Promise<MountInfo>>()
+  private readonly state: StateStore
+  private readonly gate = new FetchGate()
+  private readonly started = Date.now()
+  private closed: Promise<void> | undefined
+  readonly metrics: FsdMetrics
+
+  private cacheBytes = 0
+
+  constructor (private readonly deps: { log: Logger, cache: CacheManager, version: string }, private readonly cfg: FsdConfig) {
+    this.state = new StateStore(cfg.state.dir)
+    this.metrics = new FsdMetrics(() => this.snapshot())
+  }
+
+  /** Opens the cache, then re-adopts recorded mounts: stale ones are detached and mounted again. */
+  async start (): Promise<void> {
+    await this.deps.cache.open()
+    let records: MountRecord[] = []
+    try {
+      records = await this.state.load()
+    } catch (err) {
+      this.deps.log.warn({ err }, 'ignoring unreadable state file')
+    }
+    const live = await naiadMounts()
+    for (const r of records) {
+      const mp = r.request.mountpoint
+      const inKernel = live.some(m => m.mountpoint === mp)
+      if (inKernel && r.pid !== process.pid && pidAlive(r.pid) && !(await isStaleMount(mp))) {
+        this.deps.log.warn({ mountpoint: mp, pid: r.pid }, 'mount is served by another live daemon; leaving it alone')
+        continue
+      }
+      if (inKernel) {
+        this.deps.log.info({ mountpoint: mp, pid: r.pid }, 'detaching the stale mount of a dead daemon')
+        await unmountFuse(mp).catch((err: unknown) => { this.deps.log.warn({ err, mountpoint: mp }, 'detaching failed') })
+      }
+      try {
+        await this.mount(r.request)
+        this.deps.log.info({ mountpoint: mp }, 'remounted after restart')
+      } catch (err) {
+        this.deps.log.error({ err, mountpoint: mp }, 'could not remount after restart')
+      }
+    }
+    // stale naiad mounts nobody recorded (e.g. a state dir that was wiped): detach them
+    for (const m of live) {
+      if (!this.mounts.has(m.mountpoint) && !records.some(r => r.request.mountpoint === m.mountpoint) && await isStaleMount(m.mountpoint)) {
+        this.deps.log.info({ mountpoint: m.mountpoint }, 'detaching an unrecorded stale naiad mount')
+        await unmountFuse(m.mountpoint).catch(() => {})
+      }
+    }
+    await this.saveState()
+  }
+
+  private async saveState (): Promise<void> {
+    await this.state.save([...this.mounts.values()].map(m => ({ request: m.request, since: m.since, pid: process.pid })))
+  }
+
+  async mount (req: MountRequest): Promise<MountInfo> {
+    if (this.closed !== undefined) throw new NaiadError('NAIAD_CLOSED', 'the fsdaemon is shutting down')
+    const mp = req.mountpoint
+    const have = this.mounts.get(mp)
+    if (have !== undefined) {
+      if (have.request.image === req.image && have.request.bootstrap === req.bootstrap) return this.info(have)
+      throw new NaiadError('NAIAD_FS_MOUNT', `${mp} already serves ${have.request.image ?? have.request.bootstrap ?? '?'}`)
+    }
+    const inflight = this.pending.get(mp)
+    if (inflight !== undefined) return await inflight
+    const p = this.doMount(req).finally(() => { this.pending.delete(mp) })
+    this.pending.set(mp, p)
+    return await p
+  }
+
+  private async doMount (req: MountRequest): Promise<MountInfo> {
+    const mp = req.mountpoint
+    const log = this.deps.log.child({ mountpoint: mp, ...(req.image !== undefined ? { ref: req.image } : {}) })
+    const t0 = Date.now()
+    let store: ImageStore | undefined
+    const sources: RangeSource[] = []
+    const caches = new Map<BlobInfo, BlobCacheLease>()
+    let chain: SourceChain | undefined
+    try {
+      if (await isStaleMount(mp)) {
+        log.info('detaching a stale mount at the mountpoint')
+        await unmountFuse(mp)
+      }
+      await mkdir(mp, { recursive: true })
+      let bootstrap: Bootstrap
+      if (req.image !== undefined) {
+        const ref = parseReference(req.image)
+        if (ref.kind !== 'registry') throw new NaiadError('NAIAD_CLI_USAGE', `image ${req.image} must be a registry reference`)
+        const plain = req.plainHttp === true || this.cfg.fetch.plain_http
+        store = openImageStore(ref, { plainHttp: plain ? true : 'loopback', logger: log.child({ component: 'registry' }) })
+        bootstrap = (await loadNydusBootstrap(store)).bootstrap
+        const origin = `${plain || LOOPBACK.test(ref.endpoint) ? 'http' : 'https'}://${ref.endpoint}`
+        for (const m of this.cfg.mirrors) {
+          const mirror = new MirrorRangeSource({ logger: log.child({ component: 'mirror' }) }, {
+            url: m.url,
+            repository: (ref as RegistryReference).repository,
+            origin,
+            healthIntervalMs: m.health_check_interval,
+            timeoutMs: this.cfg.fetch.timeout
+          })
+          mirror.start()
+          sources.push(mirror)
+        }
+        sources.push(new RegistryRangeSource({ store, logger: log.child({ component: 'origin' }) }, { location: `${ref.registry}/${ref.repository}`, timeoutMs: this.cfg.fetch.timeout, retries: this.cfg.fetch.retries }))
+      } else {
+        bootstrap = Bootstrap.parse(await readFile(req.bootstrap!))
+        sources.push(new LocalDirRangeSource({ logger: log }, { dir: req.blobDir! }))
+      }
+      chain = new SourceChain({ sources, gate: this.gate, logger: log.child({ component: 'fetch' }) })
+      for (const b of bootstrap.blobs) caches.set(b, await this.deps.cache.acquire(b))
+      const cacheFor = (b: BlobInfo): ChunkReader => {
+        const lease = caches.get(b)
+        if (lease === undefined) throw new NaiadError('NAIAD_FMT_CORRUPT', `chunk of blob ${b.blobId}, which is not in the image's blob table`)
+        return lease.cache
+      }
+      const fs = new RafsFilesystem({ bootstrap, cacheFor, fetcher: chain, log: log.child({ component: 'fs' }) }, { amplifyBytes: this.cfg.fetch.amplify })
+      const session = new FuseSession({ fs, log: log.child({ component: 'fuse' }) }, {
+        mountpoint: mp,
+        fsname: req.image ?? 'naiad',
+        cacheTimeoutSec: Math.max(1, Math.floor(this.cfg.fuse.cache_timeout / 1000)),
+        allowOther: this.cfg.fuse.allow_other,
+        readers: this.cfg.fuse.readers,
+        maxRead: this.cfg.fuse.max_read
+      })
+      try {
+        await session.mount()
+      } catch (err) {
+        throw new NaiadError('NAIAD_FS_MOUNT', `mounting ${mp}: ${(err as Error).message}`, { cause: err })
+      }
+      const prefetchMode = req.prefetch ?? (this.cfg.prefetch.enable ? (this.cfg.prefetch.all ? 'all' : true) : false)
+      let prefetch: Prefetcher | undefined
+      if (prefetchMode !== false && (bootstrap.prefetchNids.length > 0 || prefetchMode === 'all')) {
+        const files: PrefetchFile[] = bootstrap.prefetchNids.map(nid => ({ path: `nid ${nid}`, chunks: bootstrap.chunks(nid) }))
+        prefetch = new Prefetcher({ cacheFor, fetcher: chain, gate: this.gate, logger: log.child({ component: 'prefetch' }) }, {
+          files,
+          ...(prefetchMode === 'all' ? { rest: () => allChunks(bootstrap) } : {}),
+          concurrency: this.cfg.prefetch.concurrency,
+          bandwidthBytesPerSec: this.cfg.prefetch.bandwidth
+        })
+        prefetch.start()
+      }
+      const m: Mount = { request: req, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, log }
+      this.mounts.set(mp, m)
+      session.done().then(() => {
+        if (this.mounts.get(mp) === m && this.closed === undefined) {
+          log.warn('the kernel ended the FUSE session (unmounted from outside); releasing it')
+          this.release(m).catch(() => {})
+        }
+      }, () => {})
+      await this.saveState()
+      log.info({ durationMs: Date.now() - t0, blobs: bootstrap.blobs.length, inodes: bootstrap.inodeCount }, 'mounted')
+      return this.info(m)
+    } catch (err) {
+      for (const l of caches.values()) await l.release().catch(() => {})
+      if (chain !== undefined) await chain.close().catch(() => {})
+      else for (const s of sources) await s.close().catch(() => {})
+      await store?.close().catch(() => {})
+      log.error({ err }, 'mount failed')
+      throw isNaiadError(err) ? err : new NaiadError('NAIAD_FS_MOUNT', `mounting ${mp}: ${(err as Error).message}`, { cause: err })
+    }
+  }
+
+  private async release (m: Mount): Promise<void> {
+    this.mounts.delete(m.request.mountpoint)
+    await m.prefetch?.close()
+    await m.session.close()
+    await m.chain.close()
+    await m.store?.close()
+    for (const l of m.caches.values()) await l.release()
+    await this.saveState()
+  }
+
+  async unmount (mountpoint: string): Promise<void> {
+    const m = this.mounts.get(mountpoint)
+    if (m === undefined) {
+      if ((await naiadMounts()).some(x => x.mountpoint === mountpoint)) {
+        await unmountFuse(mountpoint)
+        return
+      }
+      throw new NaiadError('NAIAD_FS_NOT_MOUNTED', `no naiad mount at ${mountpoint}`)
+    }
+    await this.release(m)
+    m.log.info('unmounted')
+  }
+
+  private blobStats (m: Mount): BlobStats[] {
+    return [...m.caches.values()].map(l => l.cache.stats())
+  }
+
+  private info (m: Mount): MountInfo {
+    const p = m.prefetch?.stats()
+    return {
+      mountpoint: m.request.mountpoint,
+      ...(m.request.image !== undefined ? { image: m.request.image } : {}),
+      ...(m.request.bootstrap !== undefined ? { bootstrap: m.request.bootstrap } : {}),
+      labels: m.request.labels ?? {},
+      since: m.since,
+      files: m.bootstrap.inodeCount,
+      reads: m.fs.readStats.reads,
+      bytesRead: m.fs.readStats.bytes,
+      eio: m.fs.readStats.eio,
+      prefetch: p !== undefined ? { state: p.state, chunksDone: p.chunksDone, chunksTotal: p.chunksTotal } : { state: 'off', chunksDone: 0, chunksTotal: 0 },
+      blobs: this.blobStats(m)
+    }
+  }
+
+  async list (): Promise<MountInfo[]> {
+    return [...this.mounts.values()].map(m => this.info(m))
+  }
+
+  snapshot (): { mounts: MountInfo[], cacheBytes: number, sources: Record<string, { bytes: number, errors: number }> } {
+    const sources: Record<string, { bytes: number, errors: number }> = {}
+    for (const m of this.mounts.values()) {
+      for (const [name, s] of Object.entries(m.chain.stats())) {
+        const agg = sources[name] ?? { bytes: 0, errors: 0 }
+        agg.bytes += s.bytes
+        agg.errors += s.errors
+        sources[name] = agg
+      }
+    }
+    return { mounts: [...this.mounts.values()].map(m => this.info(m)), cacheBytes: this.cacheBytes, sources }
+  }
+
+  /** Bytes the cache uses on disk (refreshed here and before each metrics scrape). */
+  async refreshUsage (): Promise<number> {
+    this.cacheBytes = (await this.deps.cache.usage()).totalBytes
+    return this.cacheBytes
+  }
+
+  async daemonInfo (): Promise<DaemonInfo> {
+    return {
+      version: this.deps.version,
+      pid: process.pid,
+      uptimeSec: Math.round((Date.now() - this.started) / 1000),
+      mounts: this.mounts.size,
+      cacheDir: this.cfg.cache.dir,
+      cacheBytes: await this.refreshUsage(),
+      cacheQuota: this.cfg.cache.quota
+    }
+  }
+
+  /**
+   * Shuts down: with `unmount` (default) every mount is unmounted and forgotten; without, the
+   * mounts are left in the kernel and in the state file for the next daemon to re-adopt.
+   * Safe to call twice.
+   */
+  async close (opts: { unmount?: boolean } = {}): Promise<void> {
+    this.closed ??= (async () => {
+      for (const m of [...this.mounts.values()]) {
+        if (opts.unmount === false) {
+          await m.prefetch?.close()
+          continue
+        }
+        await this.release(m).catch((err: unknown) => { m.log.warn({ err }, 'unmount during shutdown failed') })
+      }
+      await this.deps.cache.close()
+    })()
+    await this.closed
+  }
+}
+
+/** Every chunk of every file, for "prefetch all". */
+function * allChunks (b: Bootstrap): Generator<ChunkRef> {
+  const seen = new Set<number>()
+  const stack = [b.rootNid]
+  while (stack.length > 0) {
+    const nid = stack.pop()!
+    for (const e of b.readdir(nid)) {
+      if (seen.has(e.nid) || (e.name.length <= 2 && e.name.every(c => c === 0x2e))) continue
+      seen.add(e.nid)
+      if (e.type === 'dir') stack.push(e.nid)
+      else if (e.type === 'file') yield * b.chunks(e.nid)
+    }
+  }
+}

@@ -1,0 +1,114 @@
+/**
+ * The fsdaemon's composition root: reads the configuration (file, then flags), creates the root
+ * logger, the chunk cache and the daemon, the control server, installs signal handlers, and runs
+ * until SIGINT/SIGTERM (clean shutdown: every mount is unmounted; see docs/fsdaemon.md). A
+ * SIGKILLed daemon leaves stale mounts behind; the next start detaches and remounts them.
+ */
+import { readFileSync } from 'node:fs'
+import { loadConfigFile } from '../lib/config/index.ts'
+import { createLogger, type LogLevel } from '../lib/log/index.ts'
+import { isNaiadError, toExitCode } from '../lib/errors/index.ts'
+import { fsdConfigSchema, type FsdConfig } from './config.ts'
+import { FsDaemon } from './daemon.ts'
+import { ControlServer } from './control/server.ts'
+import { CacheManager } from './cache/index.ts'
+
+export interface FsdCliOptions {
+  config?: string
+  image?: string
+  bootstrap?: string
+  blobDir?: string
+  mountpoint?: string
+  plainHttp?: boolean
+  socket?: string
+  cacheDir?: string
+  stateDir?: string
+  prefetch?: boolean
+  prefetchAll?: boolean
+  mirror?: string[]
+  logLevel?: LogLevel
+}
+
+export interface Io { stdout: NodeJS.WritableStream, stderr: NodeJS.WritableStream }
+
+function version (): string {
+  try {
+    return (JSON.parse(readFileSync(new URL('../../package.json', import.meta.url), 'utf8')) as { version: string }).version
+  } catch {
+    return 'unknown'
+  }
+}
+
+/** Applies command-line overrides to the configuration (flags win over the file). */
+function withOverrides (cfg: FsdConfig, o: FsdCliOptions): FsdConfig {
+  return {
+    ...cfg,
+    log: { level: o.logLevel ?? cfg.log.level },
+    socket: { path: o.socket ?? cfg.socket.path },
+    state: { dir: o.stateDir ?? cfg.state.dir },
+    cache: { ...cfg.cache, dir: o.cacheDir ?? cfg.cache.dir },
+    fetch: { ...cfg.fetch, plain_http: o.plainHttp === true ? true : cfg.fetch.plain_http },
+    mirrors: o.mirror !== undefined ? o.mirror.map(url => ({ url, health_check_interval: 5000, pass_authorization: false })) : cfg.mirrors,
+    prefetch: { ...cfg.prefetch, enable: o.prefetch === false ? false : cfg.prefetch.enable, all: o.prefetchAll === true ? true : cfg.prefetch.all }
+  }
+}
+
+export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
+  let cfg: FsdConfig
+  try {
+    cfg = withOverrides(o.config !== undefined ? await loadConfigFile(fsdConfigSchema, o.config, true) : await loadConfigFile(fsdConfigSchema, '/etc/naiad/fsd.toml', false), o)
+  } catch (err) {
+    io.stderr.write(isNaiadError(err) ? `naiad: ${err.code}: ${err.message}\nhint: ${err.hint}\n` : `naiad: ${String(err)}\n`)
+    return toExitCode(err)
+  }
+  const standalone = o.mountpoint !== undefined
+  if (standalone && (o.image === undefined) === (o.bootstrap === undefined)) {
+    io.stderr.write('naiad: NAIAD_CLI_USAGE: --mountpoint needs exactly one of --image or --bootstrap\n')
+    return 2
+  }
+  if (o.bootstrap !== undefined && o.blobDir === undefined) {
+    io.stderr.write('naiad: NAIAD_CLI_USAGE: --bootstrap needs --blob-dir\n')
+    return 2
+  }
+  const log = createLogger({ service: 'fsdaemon', level: cfg.log.level, destination: io.stdout as never, base: { version: version() } })
+  const cache = new CacheManager({ logger: log.child({ component: 'cache' }) }, { dir: cfg.cache.dir, quotaBytes: cfg.cache.quota, flushIntervalMs: cfg.cache.flush_interval, maxRequestBytes: cfg.fetch.max_request_size })
+  const daemon = new FsDaemon({ log, cache, version: version() }, cfg)
+  const control = !standalone || o.socket !== undefined ? new ControlServer({ target: { info: async () => await daemon.daemonInfo(), list: async () => await daemon.list(), mount: async (r) => await daemon.mount(r), unmount: async (m) => { await daemon.unmount(m) }, metrics: async () => { await daemon.refreshUsage(); return await daemon.metrics.text() } }, log: log.child({ component: 'control' }) }, { socketPath: cfg.socket.path }) : undefined
+  let stopping: Promise<void> | undefined
+  const stop = (signal: string): Promise<void> => {
+    stopping ??= (async () => {
+      log.info({ signal }, 'shutting down: unmounting every mount')
+      await control?.close()
+      await daemon.close()
+      log.info('stopped')
+    })()
+    return stopping
+  }
+  let done!: () => void
+  const finished = new Promise<void>((resolve) => { done = resolve })
+  const onSignal = (sig: string): void => { stop(sig).then(done, done) }
+  process.once('SIGINT', () => { onSignal('SIGINT') })
+  process.once('SIGTERM', () => { onSignal('SIGTERM') })
+  try {
+    await daemon.start()
+    await control?.start()
+    if (standalone) {
+      const info = await daemon.mount({
+        mountpoint: o.mountpoint!,
+        ...(o.image !== undefined ? { image: o.image } : {}),
+        ...(o.bootstrap !== undefined ? { bootstrap: o.bootstrap, blobDir: o.blobDir! } : {}),
+        ...(o.plainHttp === true ? { plainHttp: true } : {}),
+        prefetch: o.prefetch === false ? false : o.prefetchAll === true ? 'all' : true
+      })
+      log.info({ mountpoint: info.mountpoint, files: info.files }, 'ready')
+    } else {
+      log.info({ socket: cfg.socket.path }, 'ready')
+    }
+  } catch (err) {
+    log.error({ err }, 'fsdaemon failed to start')
+    await stop('startup failure')
+    return toExitCode(err)
+  }
+  await finished
+  return 0
+}

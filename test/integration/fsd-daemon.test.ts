@@ -1,0 +1,198 @@
+/**
+ * The fsdaemon end to end, as separate processes against a real registry: a converted image
+ * mounted through the registry source equals the source image (listed by child processes through
+ * the kernel); laziness measured in bytes the registry served; faults (registry outage mid-read,
+ * a corrupted blob byte, kill -9 of the daemon) handled as documented.
+ *
+ * The counting proxy runs in this process: nothing here may block the event loop while a daemon
+ * reads through it (so only async child processes once daemons run).
+ */
+import { execFile, execFileSync } from 'node:child_process'
+import { mkdtempSync, readdirSync, readFileSync, rmSync, statSync, writeFileSync, openSync, readSync, writeSync, closeSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { Writable } from 'node:stream'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { run } from '../../bin/program.ts'
+import { buildImage, fidelityLayers, patternBytes, pushImage } from '../helpers/images.ts'
+import { startCountingProxy, startRegistry, type CountingProxy, type RunningRegistry } from '../helpers/registry.ts'
+import { listTree, listTreeAsync } from '../helpers/erofs.ts'
+import { startNaiad, type Daemon } from '../helpers/daemon.ts'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
+
+const exec = promisify(execFile)
+
+async function naiad (...argv: string[]): Promise<{ code: number, out: string, err: string }> {
+  const out: string[] = []; const err: string[] = []
+  const w = (a: string[]): Writable => new Writable({ write (c, _e, cb) { a.push(String(c)); cb() } })
+  const code = await run(argv, { stdout: w(out), stderr: w(err) })
+  return { code, out: out.join(''), err: err.join('') }
+}
+
+function mounted (mp: string): boolean {
+  return readFileSync('/proc/self/mounts', 'utf8').split('\n').some(l => l.split(' ')[1] === mp)
+}
+
+/** Path of a blob's data file inside the registry's storage. */
+function registryBlobPath (reg: RunningRegistry, hex: string): string {
+  return join(reg.dir, 'data', 'docker', 'registry', 'v2', 'blobs', 'sha256', hex.slice(0, 2), hex, 'data')
+}
+
+describe('fsdaemon against a real registry', () => {
+  let reg: RunningRegistry
+  let proxy: CountingProxy
+  let work: string
+  const daemons: Daemon[] = []
+  let fidelityRootfs: string
+  let lazyBlobs: string[] = []
+
+  beforeAll(async () => {
+    reg = await startRegistry()
+    proxy = await startCountingProxy(reg.host)
+    work = mkdtempSync(join(tmpdir(), 'naiad-fsd-'))
+    const img = buildImage({ workDir: join(work, 'fid'), layers: fidelityLayers() })
+    execFileSync('umoci', ['unpack', '--image', `${img.layout}:${img.tag}`, join(work, 'bundle')], { stdio: 'ignore' })
+    fidelityRootfs = join(work, 'bundle', 'rootfs')
+    pushImage(img, reg.host, 'app/fidelity:v1')
+    expect((await naiad('convert', '--source', `${reg.host}/app/fidelity:v1`, '--target', `${reg.host}/app/fidelity:nydus`)).code).toBe(0)
+    // an image with one small file and one 64 MiB file, for laziness and faults
+    const lazy = buildImage({ workDir: join(work, 'lazy'), layers: [(r) => {
+      writeFileSync(join(r, 'small.txt'), 'just a small file\n')
+      writeFileSync(join(r, 'big.bin'), patternBytes(64 * 1024 * 1024, 5))
+    }] })
+    pushImage(lazy, reg.host, 'app/lazy:v1')
+    const c = await naiad('convert', '--source', `${reg.host}/app/lazy:v1`, '--target', `${reg.host}/app/lazy:nydus`, '--output', 'json')
+    lazyBlobs = (JSON.parse(c.out) as { platforms: Array<{ blobs: Array<{ digest: string }> }> }).platforms[0]!.blobs.map(b => b.digest.slice(7))
+  }, 300_000)
+
+  afterAll(async () => {
+    for (const d of daemons) await d.stop(5000).catch(() => {})
+    for (const l of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+      const mp = l.split(' ')[1]
+      if (mp?.startsWith(work) === true) execFileSync('umount', ['-l', mp])
+    }
+    await proxy?.stop()
+    await reg?.stop()
+    rmSync(work, { recursive: true, force: true })
+  })
+
+  function fsd (name: string, ...extra: string[]): { daemon: Daemon, mnt: string, cache: string, state: string } {
+    const mnt = join(work, `${name}-mnt`)
+    const cache = join(work, `${name}-cache`)
+    const state = join(work, `${name}-state`)
+    const daemon = startNaiad(['fsd', '--mountpoint', mnt, '--cache-dir', cache, '--state-dir', state, '--log-level', 'info', ...extra])
+    daemons.push(daemon)
+    return { daemon, mnt, cache, state }
+  }
+
+  it('mounts a converted image through the registry: the tree equals the source image', async () => {
+    const { daemon, mnt } = fsd('fid', '--image', `${proxy.host}/app/fidelity:nydus`)
+    await daemon.waitFor('ready')
+    expect(await listTreeAsync(mnt)).toBe(listTree(fidelityRootfs))
+    // hard links share st_ino; device numbers and capabilities survive
+    const st = (await exec('stat', ['-c', '%i %h', join(mnt, 'data/hl-a'), join(mnt, 'data/hl-b')])).stdout.trim().split('\n')
+    expect(st[0]).toBe(st[1])
+    const cap = (await exec('getfattr', ['-n', 'security.capability', '-e', 'hex', join(mnt, 'bin/ping')])).stdout
+    expect(cap).toContain('0x0100000200200000000000000000000000000000')
+    expect(await daemon.stop()).toBe(0)
+    expect(mounted(mnt)).toBe(false)
+  })
+
+  it('is lazy: reading one small file of an image with a 64 MiB file fetches under 2 MiB', async () => {
+    proxy.reset()
+    const { daemon, mnt } = fsd('lazy', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch')
+    await daemon.waitFor('ready')
+    expect((await exec('cat', [join(mnt, 'small.txt')])).stdout).toBe('just a small file\n')
+    const served = proxy.bytesServed()
+    expect(served).toBeLessThan(2 * 1024 * 1024)
+    // and the big file is all there when read
+    const sum = (await exec('sha256sum', [join(mnt, 'big.bin')])).stdout.split(' ')[0]
+    expect(sum).toBe((await exec('sha256sum', [join(work, 'lazy', 'layer0', 'big.bin')])).stdout.split(' ')[0])
+    expect(proxy.bytesServed()).toBeGreaterThan(10 * 1024 * 1024)
+    await daemon.stop()
+  })
+
+  it('registry outage mid-read: EIO with a log line naming blob, chunk, source and cause; works again when the registry returns', async () => {
+    const { daemon, mnt } = fsd('outage', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch')
+    await daemon.waitFor('ready')
+    // read the first 4 MiB, then the registry dies
+    await exec('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M', 'count=4'])
+    await reg.kill()
+    const failed = await exec('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M', 'skip=32', 'count=2']).then(() => null, (e: { stderr: string }) => e.stderr)
+    expect(failed).toMatch(/Input\/output error/)
+    const line = await daemon.waitFor(/answering EIO/)
+    const text = JSON.stringify(line)
+    expect(text).toMatch(new RegExp(lazyBlobs[0]!.slice(0, 12)))
+    expect(text).toMatch(/origin/)
+    await reg.restart()
+    await exec('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M', 'skip=32', 'count=2'])
+    await daemon.stop()
+  })
+
+  it('a corrupted blob byte is detected and never served', async () => {
+    // corrupt one byte in the middle of the blob, in the registry's storage
+    const blob = registryBlobPath(reg, lazyBlobs[0]!)
+    const at = Math.floor(statSync(blob).size / 2)
+    const original = Buffer.alloc(1)
+    const fd = openSync(blob, 'r+')
+    readSync(fd, original, 0, 1, at)
+    writeSync(fd, Buffer.from([original[0]! ^ 0x5a]), 0, 1, at)
+    try {
+      const { daemon, mnt } = fsd('corrupt', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch')
+      await daemon.waitFor('ready')
+      const r = await exec('sha256sum', [join(mnt, 'big.bin')]).then(() => 'read everything', (e: { stderr: string }) => e.stderr)
+      expect(r).toMatch(/Input\/output error/)
+      expect(daemon.output()).toMatch(/NAIAD_FMT_CHUNK_DIGEST|NAIAD_FMT_DECOMPRESS/)
+      await daemon.stop()
+    } finally {
+      writeSync(fd, original, 0, 1, at)
+      closeSync(fd)
+    }
+  })
+
+  it('kill -9 of the daemon: a restart cleans the stale mount, remounts, and does not refetch cached chunks', async () => {
+    const args = ['--image', `${proxy.host}/app/fidelity:nydus`, '--no-prefetch']
+    const first = fsd('crash', ...args)
+    await first.daemon.waitFor('ready')
+    const before = (await exec('sha256sum', [join(first.mnt, 'data/big.bin')])).stdout
+    // the ready-bitmap is persisted (after the data is durable) within cache.flush_interval (1 s)
+    await new Promise(resolve => setTimeout(resolve, 1500))
+    await first.daemon.kill()
+    expect(mounted(first.mnt)).toBe(true)
+    await expect(exec('ls', [first.mnt])).rejects.toMatchObject({ stderr: expect.stringMatching(/not connected/) })
+    proxy.reset()
+    const second = fsd('crash', ...args)
+    await second.daemon.waitFor('ready')
+    expect((await exec('sha256sum', [join(second.mnt, 'data/big.bin')])).stdout).toBe(before)
+    const blobGets = proxy.requests().filter(r => r.path.includes('/blobs/') && r.range !== undefined)
+    expect(blobGets).toEqual([])
+    await second.daemon.stop()
+    expect(mounted(second.mnt)).toBe(false)
+  })
+
+  it('daemon mode: the control socket mounts, lists with per-blob statistics, serves metrics, unmounts', async () => {
+    const sock = join(work, 'ctl', 'fsd.sock')
+    const d = startNaiad(['fsd', '--socket', sock, '--cache-dir', join(work, 'ctl-cache'), '--state-dir', join(work, 'ctl-state'), '--log-level', 'info'])
+    daemons.push(d)
+    await d.waitFor('ready')
+    const client = new FsdClient({ socketPath: sock })
+    const mnt = join(work, 'ctl-mnt')
+    const info = await client.mount({ mountpoint: mnt, image: `${proxy.host}/app/fidelity:nydus`, prefetch: false })
+    expect(info.files).toBeGreaterThan(100)
+    await exec('cat', [join(mnt, 'etc/passwd')])
+    const list = await client.list()
+    expect(list[0]!.blobs.some(b => b.chunksVerified > 0)).toBe(true)
+    expect(list[0]!.blobs.flatMap(b => Object.values(b.bytesFetched)).reduce((a, b) => a + b, 0)).toBeGreaterThan(0)
+    const metrics = await client.metrics()
+    expect(metrics).toContain('naiad_fsd_mounts 1')
+    expect(metrics).toMatch(/naiad_fsd_source_bytes_total\{source="origin"\} \d+/)
+    await client.unmount(mnt)
+    expect(mounted(mnt)).toBe(false)
+    await expect(client.unmount(mnt)).rejects.toMatchObject({ code: 'NAIAD_FS_NOT_MOUNTED' })
+    const fsctl = await naiad('fsctl', 'ls', '--socket', sock)
+    expect(JSON.parse(fsctl.out)).toEqual([])
+    expect(await d.stop()).toBe(0)
+    expect(readdirSync(join(work, 'ctl'))).toEqual([])
+  })
+})
