@@ -71,6 +71,23 @@ export const CODES = {
   NAIAD_FS_BLOB_NOT_FOUND: { kind: 'NotFound', summary: 'a local blob directory has no file for the blob', hint: 'blob files are named by blob id (64 hex characters) in --blob-dir' },
   NAIAD_FS_CACHE_LOCKED: { kind: 'FailedPrecondition', summary: 'the cache directory is in use by another daemon', hint: 'run one fsdaemon per cache dir; the message names the process holding it' },
 
+  // p2p (peer, scheduler, preheat)
+  NAIAD_P2P_BAD_REQUEST: { kind: 'InvalidArgument', summary: 'a request to the p2p mirror is not a content-addressed blob request or has a bad header', hint: 'the mirror serves GET/HEAD /v2/<repo>/blobs/<digest> with X-Naiad-Origin; manifests and tokens go to the registry directly' },
+  NAIAD_P2P_ORIGIN_NOT_ALLOWED: { kind: 'PermissionDenied', summary: 'X-Naiad-Origin names a registry the peer is not allowed to contact', hint: 'add the origin to [mirror] allowed_origins in peer.toml, or leave the list empty to allow any' },
+  NAIAD_P2P_RANGE_NOT_SATISFIABLE: { kind: 'InvalidArgument', summary: 'a Range request starts past the end of the blob', hint: 'the response carries Content-Range: bytes */<size>' },
+  NAIAD_P2P_PIECE_DIGEST_MISMATCH: { kind: 'DataLoss', summary: 'a piece from a parent peer does not match the digest recorded by the scheduler', hint: 'the piece is discarded, the parent reported and blocklisted, and the piece fetched elsewhere; repeated mismatches point at a faulty host' },
+  NAIAD_P2P_BLOB_DIGEST_MISMATCH: { kind: 'DataLoss', summary: 'a completely downloaded blob does not match its digest', hint: 'the stored pieces are dropped and fetched again; if it persists the origin serves corrupt content' },
+  NAIAD_P2P_PARENT_FAILED: { kind: 'Unavailable', summary: 'a parent peer failed to deliver a piece', hint: 'transient: the piece is fetched from another parent or the origin' },
+  NAIAD_P2P_PIECE_UNAVAILABLE: { kind: 'Unavailable', summary: 'no parent and no origin could deliver a piece', hint: 'check the origin registry and the network; the message names the last cause' },
+  NAIAD_P2P_SCHEDULER_UNAVAILABLE: { kind: 'Unavailable', summary: 'the p2p scheduler cannot be reached', hint: 'peers fall back to the origin meanwhile; check [scheduler] address in peer.toml and that `naiad scheduler` runs' },
+  NAIAD_P2P_UNKNOWN_HOST: { kind: 'FailedPrecondition', summary: 'the scheduler does not know the host (no heartbeat yet, or it was forgotten)', hint: 'the peer announces itself again and retries; check that its heartbeats reach the scheduler' },
+  NAIAD_P2P_STORE_FULL: { kind: 'ResourceExhausted', summary: 'the piece store is full and nothing can be evicted', hint: 'raise [storage] quota in peer.toml; pieces of tasks in use are never evicted' },
+  NAIAD_P2P_STORE_CORRUPT: { kind: 'DataLoss', summary: 'piece store metadata on disk is unreadable or inconsistent', hint: 'the task is dropped from the store and fetched again when needed' },
+  NAIAD_P2P_UNKNOWN_TASK: { kind: 'NotFound', summary: 'the task or piece is not held by this peer or known to the scheduler', hint: 'the scheduler\'s view may be stale; the requester tries another parent' },
+  NAIAD_P2P_BUSY: { kind: 'ResourceExhausted', summary: 'the peer is at its upload concurrency limit', hint: 'the requester tries another parent; raise [upload] max_concurrent to serve more at once' },
+  NAIAD_P2P_PREHEAT_FAILED: { kind: 'Unavailable', summary: 'preheating an image on the seed peers failed', hint: 'the message names the blob and the seed; check that seed peers run with --seed and can reach the registry' },
+  NAIAD_P2P_NO_SEEDS: { kind: 'FailedPrecondition', summary: 'the scheduler knows no seed peers to preheat', hint: 'start `naiad peer --seed` on the seed hosts, or name peers with --peer' },
+
   // generic
   NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
   NAIAD_CLOSED: { kind: 'FailedPrecondition', summary: 'the component was already closed', hint: 'this is a bug in the caller' },

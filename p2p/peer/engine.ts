@@ -1,0 +1,771 @@
+/**
+ * The download engine: one in-memory `Task` per blob being read or downloaded, fetching pieces
+ * from parents (as the scheduler assigns them) or from the origin, and streaming bytes to readers
+ * as they arrive.
+ *
+ * - A reader (`read`) asks for bytes [first, last]; only the overlapping pieces (plus
+ *   `readAheadPieces`) are fetched, at most `concurrentPieces` at once per task, on-demand pieces
+ *   before read-ahead before prefetch.
+ * - A piece being fetched lives in a buffer whose readable prefix (`avail`) grows as bytes arrive:
+ *   origin bytes as soon as they arrive, parent bytes one 256 KiB block at a time after the block
+ *   matched its recorded sha256. So a reader's first byte never waits for a whole piece, and bytes
+ *   from peers are never handed out unverified. Bytes below `avail` are never overwritten.
+ * - Each piece: ask the scheduler (PARENTS → try them, best measured speed first, weighted random;
+ *   BACK_TO_SOURCE → origin; WAIT → wait for the next assignment), or go to the origin when the
+ *   scheduler is not configured or unreachable. A parent that fails is reported (and skipped for
+ *   this piece); one whose bytes do not match is reported as DIGEST_MISMATCH (the scheduler
+ *   blocklists it cluster-wide) and the piece resumes from the last verified block elsewhere.
+ * - Complete pieces go to the store and are reported; when every piece is there, the whole blob
+ *   is checked against its digest.
+ */
+import { createHash } from 'node:crypto'
+import { setTimeout as sleep } from 'node:timers/promises'
+import type { Readable } from 'node:stream'
+import { Agent, request, type Dispatcher } from 'undici'
+import { parseDigest, type Digest } from '../../lib/digest/index.ts'
+import { isAbortError, isNaiadError, NaiadError } from '../../lib/errors/index.ts'
+import { nullLogger, redactText, type Logger } from '../../lib/log/index.ts'
+import type { PeerMetrics } from '../metrics.ts'
+import {
+  blockDigest, blockLength, computePieceDigest, pieceCount, pieceSpan, piecesForRange, sha256Of, sliceOfPiece, taskIdFor,
+  type Assignments, type FailureReason, type HeldTask, type HostInfo, type PieceDigest, type TaskId
+} from '../protocol/index.ts'
+import type { OriginContext, OriginPool } from './origin.ts'
+import type { PieceStore } from './piece-store.ts'
+import type { SchedulerClient, TaskStream } from './scheduler-client.ts'
+
+export type Priority = 'ondemand' | 'readahead' | 'prefetch'
+const PRIO: Record<Priority, number> = { ondemand: 0, readahead: 1, prefetch: 2 }
+
+export interface EngineOptions {
+  pieceLength: number
+  concurrentPieces: number
+  readAheadPieces: number
+  /** Fetch the whole blob in the background on first use. */
+  prefetch: boolean
+  pieceTimeoutMs: number
+  waitTimeoutMs: number
+  maxAttempts: number
+  /** While the scheduler is unreachable, how long before a task tries it again (default 5 s). */
+  schedulerRetryMs?: number
+  /** An idle task's scheduler stream is closed after this long (default 10 s). */
+  lingerMs?: number
+}
+
+export interface EngineDeps {
+  logger?: Logger
+  metrics?: PeerMetrics
+  store: PieceStore
+  origin: OriginPool
+  scheduler?: SchedulerClient
+  /** This host's id (never our own parent). */
+  hostId: string
+  /** HTTP dispatcher for piece fetches from parents (default: an own Agent). */
+  dispatcher?: Dispatcher
+}
+
+/** A piece being fetched: a buffer whose prefix `[0, avail)` is final. */
+class PieceSlot {
+  buf: Buffer | undefined
+  avail = 0
+  done = false
+  error: unknown
+  private waiters: Array<() => void> = []
+  constructor (readonly number: number, readonly length: number) {}
+
+  notify (): void {
+    const w = this.waiters
+    this.waiters = []
+    for (const f of w) f()
+  }
+
+  /** Resolves at the next change (more bytes, done, error) or rejects on abort. */
+  async changed (signal?: AbortSignal): Promise<void> {
+    await new Promise<void>((resolve, reject) => {
+      const onAbort = (): void => { reject(signal?.reason instanceof Error ? signal.reason : new DOMException('aborted', 'AbortError')) }
+      if (signal?.aborted === true) { onAbort(); return }
+      this.waiters.push(() => { signal?.removeEventListener('abort', onAbort); resolve() })
+      signal?.addEventListener('abort', onAbort, { once: true })
+    })
+  }
+}
+
+type Plan =
+  | { kind: 'origin', reason: 'scheduler' | 'no-scheduler' }
+  | { kind: 'parents', parents: HostInfo[], digest: PieceDigest }
+
+interface AssignWaiter { resolve: (a: Plan | 'retry') => void }
+
+class Task {
+  size: number | undefined
+  count = 0
+  ctx: OriginContext | undefined
+  readonly slots = new Map<number, PieceSlot>()
+  readonly queued = new Map<number, number>()
+  readonly running = new Set<number>()
+  readonly assignWaiters = new Map<number, AssignWaiter>()
+  session: TaskStream | undefined
+  sessionOpening: Promise<TaskStream | undefined> | undefined
+  directUntil = 0
+  refs = 0
+  sizing: Promise<number> | undefined
+  verifying: Promise<void> | undefined
+  lingerTimer: NodeJS.Timeout | undefined
+  prefetching = false
+  lastError: unknown
+  constructor (readonly id: TaskId, readonly digest: Digest, readonly pieceLength: number) {}
+}
+
+interface ParentStat { bps: number | undefined, blockedUntil: number }
+
+export interface TaskHandle {
+  readonly taskId: TaskId
+  readonly size: number
+  /** Unpins the task. Safe twice. */
+  release (): void
+}
+
+export interface TaskStatus {
+  taskId: string
+  digest: string
+  size: number | undefined
+  pieceCount: number
+  piecesHeld: number
+  verified: boolean
+  downloading: boolean
+  error?: string
+}
+
+class PieceError extends Error {
+  constructor (readonly reason: FailureReason, message: string, cause?: unknown) { super(message, cause === undefined ? undefined : { cause }) }
+}
+
+export class DownloadEngine {
+  private readonly log: Logger
+  private readonly metrics: PeerMetrics | undefined
+  private readonly tasks = new Map<TaskId, Task>()
+  private readonly hosts = new Map<string, HostInfo>()
+  private readonly parents = new Map<string, ParentStat>()
+  private readonly ac = new AbortController()
+  private readonly dispatcher: Dispatcher
+  private readonly ownDispatcher: Agent | undefined
+  private closed = false
+
+  constructor (private readonly deps: EngineDeps, private readonly options: EngineOptions) {
+    this.log = (deps.logger ?? nullLogger()).child({ component: 'p2p.engine' })
+    this.metrics = deps.metrics
+    if (deps.dispatcher !== undefined) this.dispatcher = deps.dispatcher
+    else this.dispatcher = this.ownDispatcher = new Agent({ connections: 32, keepAliveTimeout: 30_000, connect: { timeout: options.pieceTimeoutMs } })
+  }
+
+  // ---- tasks and readers ---------------------------------------------------------------------
+
+  private taskFor (digest: Digest): Task {
+    const id = taskIdFor(digest, this.options.pieceLength)
+    let t = this.tasks.get(id)
+    if (t === undefined) {
+      t = new Task(id, digest, this.options.pieceLength)
+      const stored = this.deps.store.get(id)
+      if (stored !== undefined) { t.size = stored.size; t.count = pieceCount(stored.size, t.pieceLength) }
+      this.tasks.set(id, t)
+    }
+    return t
+  }
+
+  /**
+   * Opens a blob for reading: pins its task and learns its size (store, then the scheduler, then
+   * an origin HEAD). The origin context (with the requester's Authorization) is remembered in
+   * memory for this task's origin fetches. NAIAD_REG_NOT_FOUND when the origin has no such blob.
+   */
+  async acquire (digestStr: string, ctx: OriginContext, opts: { signal?: AbortSignal } = {}): Promise<TaskHandle> {
+    if (this.closed) throw new NaiadError('NAIAD_CLOSED', 'download engine is closed')
+    const digest = parseDigest(digestStr)
+    const task = this.taskFor(digest)
+    task.ctx = ctx
+    task.refs++
+    this.deps.store.pin(task.id)
+    this.cancelLinger(task)
+    let released = false
+    const release = (): void => {
+      if (released) return
+      released = true
+      task.refs--
+      this.deps.store.unpin(task.id)
+      this.maybeIdle(task)
+    }
+    try {
+      const size = await this.resolveSize(task, opts.signal)
+      if (this.options.prefetch) this.prefetch(task)
+      return { taskId: task.id, size, release }
+    } catch (err) {
+      release()
+      throw err
+    }
+  }
+
+  private async resolveSize (task: Task, signal?: AbortSignal): Promise<number> {
+    if (task.size !== undefined) return task.size
+    task.sizing ??= (async () => {
+      let size: number | undefined
+      const sched = this.deps.scheduler
+      if (sched !== undefined) {
+        await sched.ready()
+        if (sched.up) {
+          try {
+            size = (await sched.statTask(task.id, signal !== undefined ? { signal } : {}))?.contentLength
+          } catch (err) {
+            this.log.debug({ err, taskId: task.id }, 'scheduler statTask failed')
+          }
+        }
+      }
+      if (size === undefined) {
+        if (task.ctx === undefined) throw new NaiadError('NAIAD_INTERNAL', `task ${task.id}: no origin to ask for the size`)
+        size = await this.deps.origin.size(task.ctx, task.digest, signal !== undefined ? { signal } : {})
+      }
+      await this.deps.store.ensureTask(task.id, size)
+      task.size = size
+      task.count = pieceCount(size, task.pieceLength)
+      return size
+    })()
+    try {
+      return await task.sizing
+    } finally {
+      task.sizing = undefined
+    }
+  }
+
+  /**
+   * Streams bytes [first, last] (inclusive, within the blob) of an acquired task to `write`,
+   * chunk by chunk, as they become available. `write` must resolve when the chunk may be followed
+   * by the next (backpressure). Rejects with the piece's error if a piece cannot be fetched.
+   */
+  async read (h: TaskHandle, first: number, last: number, write: (chunk: Buffer) => Promise<void>, opts: { signal?: AbortSignal, priority?: Priority } = {}): Promise<void> {
+    const task = this.tasks.get(h.taskId)
+    if (task === undefined || task.size === undefined) throw new NaiadError('NAIAD_INTERNAL', 'read: the task is not acquired')
+    const span = piecesForRange(first, last, task.size, task.pieceLength)
+    if (span === undefined) return
+    const prio = opts.priority ?? 'ondemand'
+    for (let n = span.first; n <= span.last; n++) this.ensure(task, n, prio)
+    const ahead = Math.min(task.count - 1, span.last + this.options.readAheadPieces)
+    for (let n = span.last + 1; n <= ahead; n++) this.ensure(task, n, 'readahead')
+    this.deps.store.touch(task.id)
+    for (let n = span.first; n <= span.last; n++) {
+      const ps = pieceSpan(n, task.size, task.pieceLength)
+      const sl = sliceOfPiece(ps, first, last)
+      if (sl === undefined) continue
+      let pos = sl.start
+      while (pos < sl.end) {
+        opts.signal?.throwIfAborted()
+        const slot = task.slots.get(n)
+        if (slot !== undefined) {
+          while (slot.avail <= pos && !slot.done && slot.error === undefined) await slot.changed(opts.signal)
+          if (slot.avail > pos && slot.buf !== undefined) {
+            const end = Math.min(slot.avail, sl.end)
+            const chunk = slot.buf.subarray(pos, end)
+            pos = end
+            this.metrics?.mirrorBytes.inc(chunk.length)
+            await write(chunk)
+            continue
+          }
+          if (slot.error !== undefined) throw slot.error
+          continue
+        }
+        if (this.deps.store.has(task.id, n)) {
+          const len = Math.min(sl.end - pos, 1024 * 1024)
+          const chunk = await this.deps.store.read(task.id, ps.offset + pos, len)
+          pos += len
+          this.metrics?.mirrorBytes.inc(chunk.length)
+          await write(chunk)
+          continue
+        }
+        this.ensure(task, n, prio)
+      }
+    }
+  }
+
+  /** Starts downloading every missing piece of a task in the background. */
+  private prefetch (task: Task): void {
+    if (task.prefetching || task.size === undefined) return
+    task.prefetching = true
+    for (let n = 0; n < task.count; n++) this.ensure(task, n, 'prefetch')
+  }
+
+  /**
+   * Downloads a whole blob (preheat): resolves when every piece is stored and the blob verified.
+   */
+  async downloadAll (digest: string, ctx: OriginContext, opts: { signal?: AbortSignal } = {}): Promise<TaskStatus> {
+    const h = await this.acquire(digest, ctx, opts)
+    try {
+      const task = this.tasks.get(h.taskId) as Task
+      for (let n = 0; n < task.count; n++) this.ensure(task, n, 'prefetch')
+      for (let n = 0; n < task.count; n++) {
+        while (!this.deps.store.has(task.id, n)) {
+          opts.signal?.throwIfAborted()
+          const slot = task.slots.get(n)
+          if (slot === undefined) { this.ensure(task, n, 'prefetch'); if (!task.slots.has(n)) break; continue }
+          while (!slot.done && slot.error === undefined) await slot.changed(opts.signal)
+          if (slot.error !== undefined) throw slot.error
+          if (!this.deps.store.has(task.id, n)) throw new NaiadError('NAIAD_P2P_STORE_FULL', `piece ${n} of ${task.digest} could not be stored`)
+        }
+      }
+      await this.checkComplete(task)
+      await task.verifying
+      return this.status(h.taskId)
+    } finally {
+      h.release()
+    }
+  }
+
+  status (taskId: string): TaskStatus {
+    const task = this.tasks.get(taskId as TaskId)
+    const stored = this.deps.store.get(taskId as TaskId)
+    const size = task?.size ?? stored?.size
+    return {
+      taskId,
+      digest: task?.digest ?? stored?.digest ?? '',
+      size,
+      pieceCount: size === undefined ? 0 : pieceCount(size, this.options.pieceLength),
+      piecesHeld: stored?.pieces.size ?? 0,
+      verified: stored?.verified === true,
+      downloading: task !== undefined && (task.running.size > 0 || task.queued.size > 0),
+      ...(task?.lastError !== undefined ? { error: redactText(task.lastError instanceof Error ? task.lastError.message : String(task.lastError)) } : {})
+    }
+  }
+
+  // ---- piece scheduling ----------------------------------------------------------------------
+
+  /** Makes sure piece n is held or being fetched (creating its slot), at least at priority `prio`. */
+  private ensure (task: Task, n: number, prio: Priority): void {
+    if (this.closed || this.deps.store.has(task.id, n)) return
+    const p = PRIO[prio]
+    if (task.running.has(n)) return
+    const q = task.queued.get(n)
+    if (q !== undefined) {
+      if (p < q) task.queued.set(n, p)
+      return
+    }
+    if (!task.slots.has(n) && task.size !== undefined) task.slots.set(n, new PieceSlot(n, pieceSpan(n, task.size, task.pieceLength).length))
+    task.queued.set(n, p)
+    this.cancelLinger(task)
+    this.pumpQueue(task)
+  }
+
+  private pumpQueue (task: Task): void {
+    while (task.running.size < this.options.concurrentPieces && task.queued.size > 0) {
+      let best = -1
+      let bestP = Infinity
+      for (const [n, p] of task.queued) if (p < bestP || (p === bestP && n < best)) { best = n; bestP = p }
+      task.queued.delete(best)
+      task.running.add(best)
+      this.deps.store.pin(task.id)
+      void this.runPiece(task, best).finally(() => {
+        task.running.delete(best)
+        this.deps.store.unpin(task.id)
+        this.pumpQueue(task)
+        this.maybeIdle(task)
+      })
+    }
+  }
+
+  private async runPiece (task: Task, n: number): Promise<void> {
+    let slot = task.slots.get(n)
+    if (slot === undefined) {
+      slot = new PieceSlot(n, pieceSpan(n, task.size as number, task.pieceLength).length)
+      task.slots.set(n, slot)
+    }
+    const started = Date.now()
+    try {
+      slot.buf ??= Buffer.allocUnsafe(slot.length)
+      const got = await this.fetchPiece(task, slot)
+      const seconds = (Date.now() - started) / 1000
+      this.metrics?.pieces.inc({ source: got.source })
+      this.metrics?.pieceSeconds.observe({ source: got.source }, seconds)
+      let stored = false
+      try {
+        await this.deps.store.writePiece(task.id, got.digest, slot.buf)
+        stored = true
+      } catch (err) {
+        this.log.warn({ err, taskId: task.id, pieceNum: n }, 'cannot store piece; it is served from memory to current readers only')
+      }
+      slot.done = true
+      slot.notify()
+      task.slots.delete(n)
+      if (stored) {
+        task.session?.finished({ digest: got.digest, source: got.source, parentHostId: got.parent ?? '', length: slot.length, costMs: got.costMs })
+        await this.checkComplete(task)
+      } else if (got.parent !== undefined) {
+        task.session?.failed({ number: n, parentHostId: got.parent, reason: 'busy', description: 'not stored' })
+      }
+    } catch (err) {
+      task.lastError = err
+      if (!isAbortError(err) && !this.closed) this.log.warn({ err, taskId: task.id, pieceNum: n }, 'piece failed')
+      slot.error = err
+      slot.notify()
+      if (task.slots.get(n) === slot) task.slots.delete(n)
+    }
+  }
+
+  /** One piece, with retries over parents and the origin. */
+  private async fetchPiece (task: Task, slot: PieceSlot): Promise<{ source: 'origin' | 'peer', digest: PieceDigest, parent?: string, costMs: number }> {
+    const n = slot.number
+    const skip = new Set<string>()
+    let lastErr: unknown
+    for (let attempt = 1; attempt <= this.options.maxAttempts; attempt++) {
+      if (this.closed) throw new NaiadError('NAIAD_ABORTED', 'the peer is shutting down')
+      const plan = await this.plan(task, n)
+      if (plan.kind === 'origin') {
+        const t0 = Date.now()
+        try {
+          await this.fetchFromOrigin(task, slot)
+          this.metrics?.backToSource.inc({ reason: plan.reason })
+          return { source: 'origin', digest: computePieceDigest(n, slot.buf as Buffer, task.pieceLength), costMs: Date.now() - t0 }
+        } catch (err) {
+          lastErr = err
+          task.session?.failed({ number: n, parentHostId: '', reason: 'origin', description: errText(err) })
+          if (isNaiadError(err) && (err.code === 'NAIAD_REG_NOT_FOUND' || err.code === 'NAIAD_REG_UNAUTHORIZED' || err.code === 'NAIAD_REG_DENIED' || err.code === 'NAIAD_P2P_ORIGIN_NOT_ALLOWED' || err.code === 'NAIAD_CLOSED')) throw err
+          this.log.debug({ err, taskId: task.id, pieceNum: n, attempt }, 'origin fetch failed')
+          await sleep(Math.min(2000, 100 * 2 ** attempt), undefined, { signal: this.ac.signal }).catch(() => {})
+          continue
+        }
+      }
+      const candidates = this.orderParents(plan.parents.filter(p => !skip.has(p.id)))
+      let allBusy = candidates.length > 0
+      if (candidates.length === 0) {
+        // Every parent offered already failed this piece: release the reservation and ask again.
+        for (const p of plan.parents) task.session?.failed({ number: n, parentHostId: p.id, reason: 'busy', description: 'skipped' })
+        attempt--
+        await sleep(50 + Math.random() * 100)
+        if (skip.size >= 16) skip.clear()
+        continue
+      }
+      for (const p of candidates) {
+        task.session?.started(n, p.id)
+        const t0 = Date.now()
+        const before = slot.avail
+        try {
+          await this.fetchFromParent(task, slot, p, plan.digest)
+          const full = sha256Of(slot.buf as Buffer)
+          if (!full.equals(plan.digest.sha256)) throw new PieceError('digest-mismatch', `piece ${n} from ${p.id}: sha256 of the piece does not match the record`)
+          const costMs = Date.now() - t0
+          this.recordSpeed(p.id, slot.length - before, costMs)
+          return { source: 'peer', digest: plan.digest, parent: p.id, costMs }
+        } catch (err) {
+          lastErr = err
+          const reason: FailureReason = err instanceof PieceError ? err.reason : 'transport'
+          if (reason !== 'busy') allBusy = false
+          task.session?.failed({ number: n, parentHostId: p.id, reason, description: errText(err) })
+          this.metrics?.parentFailures.inc({ parent: p.id, reason })
+          if (reason === 'digest-mismatch') {
+            this.metrics?.digestMismatches.inc()
+            this.blockParent(p.id, 600_000)
+            this.log.warn({ taskId: task.id, pieceNum: n, parent: p.id }, 'piece from parent does not match its recorded digest; discarded, parent reported')
+          } else if (reason === 'transport') {
+            this.blockParent(p.id, 10_000)
+            this.log.debug({ err, taskId: task.id, pieceNum: n, parent: p.id }, 'parent failed a piece')
+          }
+          if (reason !== 'busy') skip.add(p.id)
+          if (isAbortError(err) && this.closed) throw err
+        }
+      }
+      if (allBusy) {
+        attempt--
+        await sleep(30 + Math.random() * 120)
+      }
+    }
+    throw new NaiadError('NAIAD_P2P_PIECE_UNAVAILABLE', `piece ${n} of ${task.digest}: no source delivered it after ${this.options.maxAttempts} tries: ${errText(lastErr)}`, { cause: lastErr })
+  }
+
+  /** What to do for piece n: ask the scheduler, or go to the origin without one. */
+  private async plan (task: Task, n: number): Promise<Plan> {
+    for (;;) {
+      const session = await this.sessionFor(task)
+      if (session === undefined) return { kind: 'origin', reason: 'no-scheduler' }
+      const got = await new Promise<Plan | 'retry'>((resolve) => {
+        const timer = setTimeout(() => { task.assignWaiters.delete(n); resolve('retry') }, this.options.waitTimeoutMs)
+        timer.unref()
+        const prev = task.assignWaiters.get(n)
+        task.assignWaiters.set(n, { resolve: (a) => { clearTimeout(timer); resolve(a) } })
+        prev?.resolve('retry')
+        session.request([n])
+      })
+      if (got !== 'retry') return got
+      if (this.closed) throw new NaiadError('NAIAD_ABORTED', 'the peer is shutting down')
+    }
+  }
+
+  private onAssignments (task: Task, a: Assignments): void {
+    for (const h of a.hosts) this.hosts.set(h.id, h)
+    for (const p of a.pieces) {
+      if (p.action === 'wait') continue
+      const w = task.assignWaiters.get(p.number)
+      if (w === undefined) {
+        // Nobody waits for it any more: give back what the scheduler reserved.
+        task.session?.failed({ number: p.number, parentHostId: p.action === 'parents' ? (p.parents[0] ?? '') : '', reason: p.action === 'parents' ? 'busy' : 'origin', description: 'no longer needed' })
+        continue
+      }
+      task.assignWaiters.delete(p.number)
+      if (p.action === 'back-to-source') {
+        w.resolve({ kind: 'origin', reason: 'scheduler' })
+      } else {
+        const parents = p.parents.map(id => this.hosts.get(id)).filter((h): h is HostInfo => h !== undefined && h.id !== this.deps.hostId)
+        w.resolve(parents.length > 0 ? { kind: 'parents', parents, digest: p.digest } : 'retry')
+      }
+    }
+  }
+
+  /** The task's scheduler stream, opened on demand; undefined means "go to the origin". */
+  private async sessionFor (task: Task): Promise<TaskStream | undefined> {
+    const sched = this.deps.scheduler
+    if (sched === undefined || this.closed) return undefined
+    if (task.session !== undefined && !task.session.closed) return task.session
+    if (Date.now() < task.directUntil) return undefined
+    task.sessionOpening ??= (async () => {
+      try {
+        const s = await sched.openTask({ taskId: task.id, digest: task.digest, pieceLength: task.pieceLength, contentLength: task.size }, { signal: this.ac.signal })
+        s.onAssignments = (a) => { this.onAssignments(task, a) }
+        s.onClosed = (err) => {
+          if (task.session === s) task.session = undefined
+          if (err !== undefined && !this.closed) {
+            this.log.warn({ err, taskId: task.id }, 'scheduler stream lost; pieces go to the origin until it is back')
+            task.directUntil = Date.now() + (this.options.schedulerRetryMs ?? 5000)
+          }
+          for (const [n, w] of [...task.assignWaiters]) { task.assignWaiters.delete(n); w.resolve('retry') }
+        }
+        task.session = s
+        return s
+      } catch (err) {
+        if (!this.closed) this.log.warn({ err, taskId: task.id }, 'scheduler unavailable for this download; using the origin')
+        task.directUntil = Date.now() + (this.options.schedulerRetryMs ?? 5000)
+        return undefined
+      } finally {
+        task.sessionOpening = undefined
+      }
+    })()
+    return await task.sessionOpening
+  }
+
+  private orderParents (parents: HostInfo[]): HostInfo[] {
+    const now = Date.now()
+    const usable = parents.filter(p => p.id !== this.deps.hostId && (this.parents.get(p.id)?.blockedUntil ?? 0) <= now)
+    if (usable.length <= 1) return usable
+    let known = 0
+    for (const p of usable) known = Math.max(known, this.parents.get(p.id)?.bps ?? 0)
+    const prior = known > 0 ? known : 1
+    const weights = usable.map((p, i) => (this.parents.get(p.id)?.bps ?? prior) * Math.max(0.2, 1 - 0.2 * i))
+    const total = weights.reduce((a, b) => a + b, 0)
+    let r = Math.random() * total
+    let pick = 0
+    for (let i = 0; i < weights.length; i++) { r -= weights[i] as number; if (r <= 0) { pick = i; break } }
+    const first = usable[pick] as HostInfo
+    return [first, ...usable.filter((_, i) => i !== pick)]
+  }
+
+  private recordSpeed (hostId: string, bytes: number, ms: number): void {
+    if (bytes <= 0 || ms <= 0) return
+    const bps = bytes / (ms / 1000)
+    const s = this.parents.get(hostId) ?? { bps: undefined, blockedUntil: 0 }
+    s.bps = s.bps === undefined ? bps : 0.7 * s.bps + 0.3 * bps
+    this.parents.set(hostId, s)
+  }
+
+  private blockParent (hostId: string, ms: number): void {
+    const s = this.parents.get(hostId) ?? { bps: undefined, blockedUntil: 0 }
+    s.blockedUntil = Math.max(s.blockedUntil, Date.now() + ms)
+    this.parents.set(hostId, s)
+  }
+
+  // ---- transfers -----------------------------------------------------------------------------
+
+  /** Appends verified bytes to a slot beyond `avail` and wakes readers. */
+  private advance (slot: PieceSlot, at: number, data: Buffer): number {
+    const end = at + data.length
+    if (end <= slot.avail) return 0
+    const from = Math.max(at, slot.avail)
+    data.copy(slot.buf as Buffer, from, from - at)
+    const added = end - slot.avail
+    slot.avail = end
+    slot.notify()
+    return added
+  }
+
+  private async fetchFromOrigin (task: Task, slot: PieceSlot): Promise<void> {
+    if (task.ctx === undefined) throw new NaiadError('NAIAD_P2P_PIECE_UNAVAILABLE', `task ${task.id}: no origin known (no reader asked for it since the restart)`)
+    const span = pieceSpan(slot.number, task.size as number, task.pieceLength)
+    if (slot.avail >= slot.length) return
+    const ac = new AbortController()
+    const onAbort = (): void => { ac.abort(this.ac.signal.reason) }
+    this.ac.signal.addEventListener('abort', onAbort, { once: true })
+    try {
+      const body: Readable = await this.deps.origin.range(task.ctx, task.digest, span.offset + slot.avail, span.offset + span.length - 1, { signal: ac.signal })
+      for await (const chunk of body as AsyncIterable<Buffer>) {
+        const added = this.advance(slot, slot.avail, chunk)
+        this.metrics?.pieceBytes.inc({ source: 'origin' }, added)
+      }
+      if (slot.avail < slot.length) throw new NaiadError('NAIAD_REG_UNAVAILABLE', `origin body for piece ${slot.number} ended early`)
+    } finally {
+      this.ac.signal.removeEventListener('abort', onAbort)
+    }
+  }
+
+  private async fetchFromParent (task: Task, slot: PieceSlot, parent: HostInfo, digest: PieceDigest): Promise<void> {
+    const bl = blockLength(task.pieceLength)
+    let block = Math.floor(slot.avail / bl)
+    let pos = block * bl
+    if (pos >= slot.length) return
+    const url = `http://${parent.ip.includes(':') ? `[${parent.ip}]` : parent.ip}:${parent.uploadPort}/pieces/${task.id}/${slot.number}`
+    const ac = new AbortController()
+    const onAbort = (): void => { ac.abort(this.ac.signal.reason) }
+    this.ac.signal.addEventListener('abort', onAbort, { once: true })
+    let res: Dispatcher.ResponseData
+    try {
+      res = await request(url, {
+        method: 'GET',
+        headers: pos > 0 ? { range: `bytes=${pos}-${slot.length - 1}` } : {},
+        dispatcher: this.dispatcher,
+        signal: ac.signal,
+        headersTimeout: this.options.pieceTimeoutMs,
+        bodyTimeout: this.options.pieceTimeoutMs
+      })
+    } catch (err) {
+      this.ac.signal.removeEventListener('abort', onAbort)
+      throw new PieceError('transport', `parent ${parent.id}: ${errText(err)}`, err)
+    }
+    try {
+      if (res.statusCode === 503 || res.statusCode === 429) throw new PieceError('busy', `parent ${parent.id} is busy`)
+      if (res.statusCode === 404) throw new PieceError('not-found', `parent ${parent.id} does not hold piece ${slot.number}`)
+      if (res.statusCode !== (pos > 0 ? 206 : 200)) throw new PieceError('transport', `parent ${parent.id} answered HTTP ${res.statusCode}`)
+      const blockBuf = Buffer.allocUnsafe(bl)
+      let fill = 0
+      try {
+        for await (const c of res.body as AsyncIterable<Buffer>) {
+          let off = 0
+          while (off < c.length) {
+            const want = Math.min(bl, slot.length - pos) - fill
+            if (want <= 0) throw new PieceError('transport', `parent ${parent.id} sent more than the piece`)
+            const take = Math.min(want, c.length - off)
+            c.copy(blockBuf, fill, off, off + take)
+            fill += take
+            off += take
+            if (fill === Math.min(bl, slot.length - pos)) {
+              const expected = blockDigest(digest, block)
+              const got = createHash('sha256').update(blockBuf.subarray(0, fill)).digest()
+              if (expected === undefined || !got.equals(expected)) {
+                throw new PieceError('digest-mismatch', `piece ${slot.number} block ${block} from ${parent.id} does not match the recorded sha256`)
+              }
+              const added = this.advance(slot, pos, blockBuf.subarray(0, fill))
+              this.metrics?.pieceBytes.inc({ source: 'peer' }, added)
+              pos += fill
+              block++
+              fill = 0
+            }
+          }
+        }
+      } catch (err) {
+        if (err instanceof PieceError) throw err
+        throw new PieceError('transport', `parent ${parent.id}: ${errText(err)}`, err)
+      }
+      if (pos < slot.length) throw new PieceError('transport', `parent ${parent.id}: body ended at ${pos} of ${slot.length} bytes`)
+    } finally {
+      this.ac.signal.removeEventListener('abort', onAbort)
+      if (!res.body.destroyed) res.body.destroy()
+    }
+  }
+
+  // ---- completion ----------------------------------------------------------------------------
+
+  private async checkComplete (task: Task): Promise<void> {
+    const stored = this.deps.store.get(task.id)
+    if (stored === undefined || stored.verified || task.size === undefined || stored.pieces.size < task.count) return
+    task.verifying ??= (async () => {
+      const hash = createHash(task.digest.startsWith('sha512:') ? 'sha512' : 'sha256')
+      const step = 8 * 1024 * 1024
+      this.deps.store.pin(task.id)
+      try {
+        for (let off = 0; off < stored.size; off += step) hash.update(await this.deps.store.read(task.id, off, Math.min(step, stored.size - off)))
+        const got = `${task.digest.slice(0, task.digest.indexOf(':'))}:${hash.digest('hex')}`
+        if (got === task.digest) {
+          await this.deps.store.markVerified(task.id)
+          this.metrics?.blobVerifications.inc({ result: 'ok' })
+          task.session?.peerFinished(stored.size)
+          this.log.info({ taskId: task.id, digest: task.digest, size: stored.size }, 'blob complete and verified')
+        } else {
+          this.metrics?.blobVerifications.inc({ result: 'mismatch' })
+          const err = new NaiadError('NAIAD_P2P_BLOB_DIGEST_MISMATCH', `blob ${task.digest}: the complete content hashes to ${got}; pieces dropped`)
+          this.log.error({ err, taskId: task.id }, 'complete blob does not match its digest')
+          task.session?.peerFailed(err.message, true)
+          task.lastError = err
+          await this.deps.store.dropTask(task.id)
+          await this.deps.store.ensureTask(task.id, stored.size)
+        }
+      } catch (err) {
+        this.log.warn({ err, taskId: task.id }, 'blob verification failed to run')
+      } finally {
+        this.deps.store.unpin(task.id)
+        task.verifying = undefined
+      }
+    })()
+    await task.verifying
+  }
+
+  // ---- idle handling and store interplay -----------------------------------------------------
+
+  private cancelLinger (task: Task): void {
+    if (task.lingerTimer !== undefined) clearTimeout(task.lingerTimer)
+    task.lingerTimer = undefined
+  }
+
+  private maybeIdle (task: Task): void {
+    if (task.refs > 0 || task.running.size > 0 || task.queued.size > 0 || this.closed) return
+    this.cancelLinger(task)
+    task.lingerTimer = setTimeout(() => {
+      task.lingerTimer = undefined
+      if (task.refs > 0 || task.running.size > 0 || task.queued.size > 0) return
+      task.session?.close()
+      task.session = undefined
+      if (this.tasks.get(task.id) === task) this.tasks.delete(task.id)
+    }, this.options.lingerMs ?? 10_000)
+    task.lingerTimer.unref()
+  }
+
+  /** The store evicted a task: forget it here too. */
+  onEvicted (taskId: TaskId): void {
+    const t = this.tasks.get(taskId)
+    if (t !== undefined && t.refs === 0 && t.running.size === 0) this.tasks.delete(taskId)
+    this.deps.scheduler?.leaveTask(taskId)
+  }
+
+  /** What the store holds, as announced to the scheduler. */
+  heldTasks (): HeldTask[] {
+    return this.deps.store.list().filter(t => t.pieces.size > 0).map(t => ({
+      taskId: t.taskId,
+      digest: t.digest,
+      contentLength: t.size,
+      pieceLength: t.pieceLength,
+      pieces: [...t.pieces.values()],
+      complete: t.verified
+    }))
+  }
+
+  /** Aborts transfers and ends scheduler streams. Safe twice. */
+  async close (): Promise<void> {
+    if (this.closed) return
+    this.closed = true
+    this.ac.abort(new NaiadError('NAIAD_ABORTED', 'the peer is shutting down'))
+    for (const t of this.tasks.values()) {
+      this.cancelLinger(t)
+      t.queued.clear()
+      for (const slot of t.slots.values()) {
+        if (!slot.done && slot.error === undefined) { slot.error = new NaiadError('NAIAD_ABORTED', 'the peer is shutting down'); slot.notify() }
+      }
+      for (const [n, w] of [...t.assignWaiters]) { t.assignWaiters.delete(n); w.resolve('retry') }
+      t.session?.close()
+    }
+    if (this.ownDispatcher !== undefined) await this.ownDispatcher.close().catch(() => {})
+  }
+}
+
+function errText (err: unknown): string {
+  if (err === undefined) return 'unknown error'
+  return redactText(err instanceof Error ? (isNaiadError(err) ? `${err.code}: ${err.message}` : err.message) : String(err)).slice(0, 300)
+}
+

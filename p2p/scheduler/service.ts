@@ -1,0 +1,660 @@
+/**
+ * The scheduler's state and decisions, without gRPC: hosts (from heartbeats), tasks, which host
+ * holds which piece, the recorded digests of every piece, origin permits, waiters, per-download and
+ * cluster-wide blocklists. The gRPC adapter (grpc-server.ts) turns stream messages into calls here
+ * and `PeerSink` calls into stream writes; tests drive it directly with a fake clock.
+ *
+ * Decisions for one piece a peer asks for (`decide`):
+ * 1. The evaluator ranks the hosts holding it (never the asking host, never a blocklisted one).
+ *    If one of them has a free upload slot, the answer is PARENTS (best first, at most
+ *    `candidateParents`) and a slot of the best one is reserved until the peer reports the piece.
+ * 2. If holders exist but all are busy: WAIT; the peer is served when a slot frees or a new holder
+ *    appears (the swarm grows by doubling: every finished transfer adds a holder).
+ * 3. If no usable holder exists: BACK_TO_SOURCE when fewer than `originBudgetPerPiece` origin
+ *    fetches of the piece are in flight cluster-wide, else WAIT. So N cold peers fetch each piece
+ *    from the registry about once.
+ *
+ * Integrity: the digests of a piece's first origin fetch are recorded; later reports (from peers,
+ * from the origin again, or re-announced after a restart) that disagree are rejected, and a
+ * parent whose bytes did not match is blocklisted cluster-wide for `blocklistTtlMs`.
+ */
+import { NaiadError } from '../../lib/errors/index.ts'
+import { nullLogger, type Logger } from '../../lib/log/index.ts'
+import type { SchedulerMetrics } from '../metrics.ts'
+import { describeTaskId, isTaskId, pieceCount, pieceSpan, sameDigest, taskIdFor, validPieceDigest, type Assignment, type Assignments, type FailureReason, type HeldTask, type HostInfo, type HostStatus, type PieceDigest, type TaskId, type TaskStat } from '../protocol/index.ts'
+export type { Assignment, Assignments, FailureReason, HeldTask, HostInfo, HostStatus, TaskStat } from '../protocol/index.ts'
+import { createEvaluator, type CandidateHost, type Evaluator, type TransferEdges } from './evaluator.ts'
+
+/** Where a download's answers go (the adapter writes them to the stream). */
+export interface PeerSink {
+  assignments (a: Assignments): void
+  /** The scheduler ends the download (host forgotten, replaced by a newer stream). */
+  close (err: NaiadError): void
+}
+
+export interface SchedulerOptions {
+  /** Parents returned per piece (default 3). */
+  candidateParents?: number
+  /** Concurrent origin fetches per piece cluster-wide (default 1). */
+  originBudgetPerPiece?: number
+  /** An origin permit not reported within this is given to someone else (default 2 min). */
+  permitTimeoutMs?: number
+  /** How long a bad parent stays on the cluster-wide blocklist (default 10 min). */
+  blocklistTtlMs?: number
+  /** Transport failures within `failureWindowMs` that blocklist a host cluster-wide (default 3). */
+  failureThreshold?: number
+  failureWindowMs?: number
+  /** A host that has not heart-beaten for this long is forgotten (default 30 s). */
+  hostTtlMs?: number
+  /** A parent that failed a download is skipped by that download for this long (default 60 s). */
+  childBlocklistTtlMs?: number
+  /** A task with no holder and no download is forgotten after this long (default 10 min). */
+  taskTtlMs?: number
+}
+
+export interface SchedulerServiceDeps {
+  logger?: Logger
+  metrics?: SchedulerMetrics
+  now?: () => number
+  evaluator?: Evaluator
+}
+
+class HostState {
+  lastSeen: number
+  assigned = 0
+  bandwidth: number | undefined
+  failures: number[] = []
+  blocklistedUntil = 0
+  announced = false
+  readonly tasks = new Map<TaskId, Set<number>>()
+  readonly complete = new Set<TaskId>()
+  readonly sessions = new Set<PeerSession>()
+  constructor (public info: HostInfo, now: number) { this.lastSeen = now }
+}
+
+class TaskState {
+  size: number | undefined
+  readonly digests = new Map<number, PieceDigest>()
+  readonly holders = new Map<number, Set<string>>()
+  readonly permits = new Map<number, Map<PeerSession, number>>()
+  readonly waiters = new Map<number, Set<PeerSession>>()
+  readonly sessions = new Set<PeerSession>()
+  permitsGranted = 0
+  lastActive: number
+  constructor (readonly id: TaskId, readonly digest: string, readonly pieceLength: number, now: number) { this.lastActive = now }
+
+  pieceCount (): number | undefined {
+    return this.size === undefined ? undefined : pieceCount(this.size, this.pieceLength)
+  }
+}
+
+/** One download: one AnnouncePeer stream. */
+export class PeerSession {
+  readonly blocklist = new Map<string, number>()
+  /** Piece → the parent whose upload slot it holds. */
+  readonly transfers = new Map<number, string>()
+  readonly permits = new Set<number>()
+  readonly waiting = new Set<number>()
+  closed = false
+  constructor (readonly peerId: string, readonly host: HostState, readonly task: TaskState, readonly sink: PeerSink, private readonly service: SchedulerService) {}
+
+  get taskInfo (): { contentLength: number | undefined } { return { contentLength: this.task.size } }
+  requestPieces (numbers: readonly number[]): void { this.service.requestPieces(this, numbers) }
+  pieceStarted (number: number, parentHostId: string): void { this.service.pieceStarted(this, number, parentHostId) }
+  pieceFinished (r: { digest: PieceDigest, source: 'origin' | 'peer', parentHostId: string, length: number, costMs: number }): void { this.service.pieceFinished(this, r) }
+  pieceFailed (r: { number: number, parentHostId: string, reason: FailureReason, description: string }): void { this.service.pieceFailed(this, r) }
+  finished (contentLength: number): void { this.service.peerFinished(this, contentLength) }
+  failed (description: string, blobDigestMismatch: boolean): void { this.service.peerFailed(this, description, blobDigestMismatch) }
+  close (): void { this.service.closeSession(this) }
+}
+
+const DEFAULTS = {
+  candidateParents: 3,
+  originBudgetPerPiece: 1,
+  permitTimeoutMs: 120_000,
+  blocklistTtlMs: 600_000,
+  failureThreshold: 3,
+  failureWindowMs: 60_000,
+  hostTtlMs: 30_000,
+  childBlocklistTtlMs: 60_000,
+  taskTtlMs: 600_000
+}
+
+export class SchedulerService {
+  private readonly log: Logger
+  private readonly metrics: SchedulerMetrics | undefined
+  private readonly now: () => number
+  private readonly evaluator: Evaluator
+  private readonly opts: Required<SchedulerOptions>
+  private readonly hosts = new Map<string, HostState>()
+  private readonly tasks = new Map<TaskId, TaskState>()
+  private readonly sessions = new Map<string, PeerSession>()
+
+  constructor (deps: SchedulerServiceDeps, options: SchedulerOptions = {}) {
+    this.log = (deps.logger ?? nullLogger()).child({ component: 'p2p.scheduler' })
+    this.metrics = deps.metrics
+    this.now = deps.now ?? Date.now
+    this.opts = { ...DEFAULTS, ...stripUndefined(options) }
+    this.evaluator = deps.evaluator ?? createEvaluator({ badParentFailures: this.opts.failureThreshold })
+  }
+
+  // ---- hosts ---------------------------------------------------------------------------------
+
+  /** Heartbeat. Returns whether the host must (re)announce its tasks. */
+  announceHost (info: HostInfo): { reannounce: boolean } {
+    checkHostInfo(info)
+    const now = this.now()
+    let h = this.hosts.get(info.id)
+    if (h === undefined) {
+      h = new HostState(info, now)
+      this.hosts.set(info.id, h)
+      this.log.info({ hostId: info.id, ip: info.ip, seed: info.seed }, 'host joined')
+      this.metrics?.hosts.set(this.hosts.size)
+    } else {
+      h.info = info
+      h.lastSeen = now
+    }
+    return { reannounce: !h.announced }
+  }
+
+  /** The pieces a host holds (after its restart or ours). Returns the pieces refused. */
+  announceTasks (hostId: string, held: readonly HeldTask[], replace: boolean): Array<{ taskId: string, number: number }> {
+    const h = this.requireHost(hostId)
+    h.lastSeen = this.now()
+    if (replace) this.dropHoldings(h)
+    const rejected: Array<{ taskId: string, number: number }> = []
+    for (const t of held) {
+      if (!isTaskId(t.taskId)) continue
+      let task: TaskState
+      try {
+        task = this.taskFor(t.taskId, t.digest, t.pieceLength, t.contentLength > 0 || t.complete ? t.contentLength : undefined)
+      } catch (err) {
+        this.log.warn({ hostId, taskId: t.taskId, err }, 'refused announced task')
+        for (const p of t.pieces) rejected.push({ taskId: t.taskId, number: p.number })
+        continue
+      }
+      for (const p of t.pieces) {
+        if (this.recordOrCheck(task, p)) this.addHolder(task, h, p.number)
+        else rejected.push({ taskId: t.taskId, number: p.number })
+      }
+      if (t.complete && rejected.every(r => r.taskId !== t.taskId)) h.complete.add(task.id)
+      this.pump(task)
+    }
+    h.announced = true
+    if (rejected.length > 0) this.log.warn({ hostId, rejected: rejected.length }, 'announced pieces disagree with recorded digests')
+    return rejected
+  }
+
+  leaveTask (hostId: string, taskId: string): void {
+    const h = this.hosts.get(hostId)
+    if (h === undefined || !isTaskId(taskId)) return
+    const task = this.tasks.get(taskId)
+    if (task !== undefined) this.dropTask(h, task)
+  }
+
+  leaveHost (hostId: string): void {
+    const h = this.hosts.get(hostId)
+    if (h !== undefined) this.removeHost(h, 'left')
+  }
+
+  listHosts (seedsOnly: boolean): HostStatus[] {
+    const now = this.now()
+    return [...this.hosts.values()].filter(h => !seedsOnly || h.info.seed).map(h => ({
+      host: h.info,
+      activeUploads: h.assigned,
+      blocklistedUntil: h.blocklistedUntil > now ? h.blocklistedUntil : 0,
+      measuredBandwidth: Math.round(h.bandwidth ?? 0),
+      recentFailures: this.recentFailures(h, now)
+    }))
+  }
+
+  statTask (taskId: string): TaskStat | undefined {
+    if (!isTaskId(taskId)) return undefined
+    const task = this.tasks.get(taskId)
+    if (task === undefined) return undefined
+    const holders: TaskStat['holders'] = []
+    for (const h of this.hosts.values()) {
+      const ps = h.tasks.get(task.id)
+      if (ps !== undefined && ps.size > 0) holders.push({ hostId: h.info.id, pieces: ps.size, complete: h.complete.has(task.id) })
+    }
+    return { digest: task.digest, contentLength: task.size, pieceCount: task.pieceCount() ?? 0, recordedPieces: task.digests.size, holders, originPermitsGranted: task.permitsGranted }
+  }
+
+  // ---- downloads -----------------------------------------------------------------------------
+
+  /**
+   * Opens a download (the stream's register message). Throws NAIAD_P2P_UNKNOWN_HOST for a host
+   * without a heartbeat, NAIAD_P2P_BAD_REQUEST for a task id that does not match the digest and
+   * piece length, or a size that contradicts the recorded one.
+   */
+  openPeer (r: { peerId: string, hostId: string, taskId: string, digest: string, pieceLength: number, contentLength: number | undefined }, sink: PeerSink): PeerSession {
+    const h = this.requireHost(r.hostId)
+    if (!isTaskId(r.taskId)) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `not a task id: ${JSON.stringify(r.taskId.slice(0, 100))}`)
+    const task = this.taskFor(r.taskId, r.digest, r.pieceLength, r.contentLength)
+    const old = this.sessions.get(r.peerId)
+    if (old !== undefined) {
+      old.sink.close(new NaiadError('NAIAD_P2P_BAD_REQUEST', `download ${r.peerId} was opened again`))
+      this.closeSession(old)
+    }
+    const s = new PeerSession(r.peerId, h, task, sink, this)
+    this.sessions.set(r.peerId, s)
+    task.sessions.add(s)
+    h.sessions.add(s)
+    task.lastActive = this.now()
+    this.metrics?.activePeers.set(this.sessions.size)
+    this.log.debug({ peerId: r.peerId, hostId: r.hostId, taskId: r.taskId }, 'download registered')
+    return s
+  }
+
+  requestPieces (s: PeerSession, numbers: readonly number[]): void {
+    if (s.closed) return
+    const end = this.metrics?.scheduleSeconds.startTimer()
+    const task = s.task
+    task.lastActive = this.now()
+    const count = task.pieceCount()
+    const wanted = new Set<number>()
+    for (const n of numbers) {
+      if (!Number.isSafeInteger(n) || n < 0 || (count !== undefined && n >= count)) continue
+      wanted.add(n)
+    }
+    const out: Assignment[] = []
+    for (const n of [...wanted].sort((a, b) => a - b)) {
+      this.releasePiece(s, n)
+      const a = this.decide(s, n, wanted)
+      if (a.action === 'wait') {
+        s.waiting.add(n)
+        let ws = task.waiters.get(n)
+        if (ws === undefined) task.waiters.set(n, ws = new Set())
+        ws.add(s)
+      }
+      out.push(a)
+    }
+    if (out.length > 0) this.send(s, out)
+    end?.()
+  }
+
+  pieceStarted (s: PeerSession, n: number, parentHostId: string): void {
+    if (s.closed) return
+    const cur = s.transfers.get(n)
+    if (cur === parentHostId) return
+    if (cur !== undefined) this.releaseSlot(cur)
+    const p = this.hosts.get(parentHostId)
+    if (p === undefined) { s.transfers.delete(n); return }
+    p.assigned++
+    s.transfers.set(n, parentHostId)
+  }
+
+  pieceFinished (s: PeerSession, r: { digest: PieceDigest, source: 'origin' | 'peer', parentHostId: string, length: number, costMs: number }): void {
+    if (s.closed) return
+    const task = s.task
+    const n = r.digest.number
+    task.lastActive = this.now()
+    this.releasePiece(s, n)
+    if (task.size !== undefined) {
+      const count = pieceCount(task.size, task.pieceLength)
+      if (n >= count || !validPieceDigest(r.digest, pieceSpan(n, task.size, task.pieceLength).length, task.pieceLength)) {
+        this.metrics?.pieceReports.inc({ source: r.source, result: 'rejected' })
+        this.log.warn({ peerId: s.peerId, taskId: task.id, pieceNum: n }, 'malformed piece report')
+        this.pump(task)
+        return
+      }
+    }
+    if (r.source === 'peer') {
+      const parent = this.hosts.get(r.parentHostId)
+      if (parent !== undefined && r.costMs > 0 && r.length > 0) {
+        const bw = r.length / (r.costMs / 1000)
+        parent.bandwidth = parent.bandwidth === undefined ? bw : 0.7 * parent.bandwidth + 0.3 * bw
+      }
+    }
+    const ok = r.source === 'origin' ? this.recordOrCheck(task, r.digest) : (task.digests.has(n) && sameDigest(task.digests.get(n) as PieceDigest, r.digest))
+    if (!ok) {
+      this.metrics?.pieceReports.inc({ source: r.source, result: 'rejected' })
+      this.log.warn({ peerId: s.peerId, taskId: task.id, pieceNum: n, source: r.source }, 'piece report disagrees with the recorded digest; not counted as held')
+    } else {
+      this.metrics?.pieceReports.inc({ source: r.source, result: 'finished' })
+      this.addHolder(task, s.host, n)
+    }
+    this.pump(task)
+  }
+
+  pieceFailed (s: PeerSession, r: { number: number, parentHostId: string, reason: FailureReason, description: string }): void {
+    if (s.closed) return
+    const task = s.task
+    const now = this.now()
+    this.releasePiece(s, r.number)
+    this.metrics?.pieceReports.inc({ source: r.parentHostId === '' ? 'origin' : 'peer', result: 'failed' })
+    const parent = r.parentHostId === '' ? undefined : this.hosts.get(r.parentHostId)
+    if (parent !== undefined) {
+      switch (r.reason) {
+        case 'digest-mismatch':
+          this.blocklist(parent, now, 'digest_mismatch')
+          s.blocklist.set(parent.info.id, now + this.opts.blocklistTtlMs)
+          this.removeHolder(task, parent, r.number)
+          this.log.warn({ peerId: s.peerId, taskId: task.id, pieceNum: r.number, parent: parent.info.id }, 'parent served a corrupt piece: blocklisted cluster-wide')
+          break
+        case 'transport':
+          parent.failures.push(now)
+          s.blocklist.set(parent.info.id, now + this.opts.childBlocklistTtlMs)
+          if (this.recentFailures(parent, now) >= this.opts.failureThreshold && parent.blocklistedUntil <= now) {
+            this.blocklist(parent, now, 'failures')
+            this.log.warn({ parent: parent.info.id, failures: parent.failures.length }, 'parent failed too often: blocklisted cluster-wide')
+          }
+          break
+        case 'not-found':
+          this.removeHolder(task, parent, r.number)
+          break
+        case 'busy':
+        case 'origin':
+          break
+      }
+    }
+    this.pump(task)
+  }
+
+  peerFinished (s: PeerSession, contentLength: number): void {
+    if (s.closed) return
+    if (s.task.size === undefined) s.task.size = contentLength
+    if (s.task.size === contentLength) s.host.complete.add(s.task.id)
+  }
+
+  peerFailed (s: PeerSession, description: string, blobDigestMismatch: boolean): void {
+    if (s.closed) return
+    this.log.warn({ peerId: s.peerId, taskId: s.task.id, blobDigestMismatch, description }, 'download failed')
+    if (blobDigestMismatch) this.dropTask(s.host, s.task)
+  }
+
+  /** The stream ended: permits, reserved slots and waits are released. Safe twice. */
+  closeSession (s: PeerSession): void {
+    if (s.closed) return
+    s.closed = true
+    for (const n of [...s.transfers.keys(), ...s.permits, ...s.waiting]) this.releasePiece(s, n)
+    s.task.sessions.delete(s)
+    s.host.sessions.delete(s)
+    if (this.sessions.get(s.peerId) === s) this.sessions.delete(s.peerId)
+    this.metrics?.activePeers.set(this.sessions.size)
+    this.pump(s.task)
+  }
+
+  /** Periodic housekeeping: expired hosts, permits and tasks; serves waiters (safety net). */
+  sweep (): void {
+    const now = this.now()
+    for (const h of [...this.hosts.values()]) {
+      if (h.lastSeen + this.opts.hostTtlMs < now) {
+        this.metrics?.hostsExpired.inc()
+        this.removeHost(h, 'stopped heart-beating')
+      } else {
+        h.failures = h.failures.filter(t => t > now - this.opts.failureWindowMs)
+      }
+    }
+    for (const task of [...this.tasks.values()]) {
+      for (const [n, ps] of task.permits) {
+        for (const [s, exp] of [...ps]) {
+          if (exp <= now) {
+            this.metrics?.permitsExpired.inc()
+            this.log.warn({ peerId: s.peerId, taskId: task.id, pieceNum: n }, 'origin permit expired without a report')
+            ps.delete(s)
+            s.permits.delete(n)
+          }
+        }
+        if (ps.size === 0) task.permits.delete(n)
+      }
+      for (const s of task.sessions) for (const [id, until] of s.blocklist) if (until <= now) s.blocklist.delete(id)
+      if (task.sessions.size === 0 && task.holders.size === 0 && task.lastActive + this.opts.taskTtlMs < now) {
+        this.tasks.delete(task.id)
+        continue
+      }
+      this.pump(task)
+    }
+    let blocked = 0
+    for (const h of this.hosts.values()) if (h.blocklistedUntil > now) blocked++
+    this.metrics?.blocklistSize.set(blocked)
+    this.metrics?.tasks.set(this.tasks.size)
+    this.metrics?.hosts.set(this.hosts.size)
+  }
+
+  /** Ends every download (shutdown). */
+  close (): void {
+    for (const s of [...this.sessions.values()]) {
+      s.sink.close(new NaiadError('NAIAD_P2P_SCHEDULER_UNAVAILABLE', 'the scheduler is shutting down'))
+      this.closeSession(s)
+    }
+  }
+
+  // ---- internals -----------------------------------------------------------------------------
+
+  private requireHost (hostId: string): HostState {
+    const h = this.hosts.get(hostId)
+    if (h === undefined) throw new NaiadError('NAIAD_P2P_UNKNOWN_HOST', `host ${JSON.stringify(hostId.slice(0, 100))} has not announced itself`)
+    return h
+  }
+
+  private taskFor (taskId: TaskId, digest: string, pieceLength: number, contentLength: number | undefined): TaskState {
+    let expected: string
+    try {
+      expected = taskIdFor(digest, pieceLength)
+    } catch (err) {
+      throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `bad digest or piece length for task ${taskId}`, { cause: err })
+    }
+    if (expected !== taskId) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `task id ${taskId} does not match digest ${digest} and piece length ${pieceLength}`)
+    let task = this.tasks.get(taskId)
+    if (task === undefined) {
+      const d = describeTaskId(taskId)
+      task = new TaskState(taskId, d.digest, d.pieceLength, this.now())
+      this.tasks.set(taskId, task)
+      this.metrics?.tasks.set(this.tasks.size)
+    }
+    if (contentLength !== undefined) {
+      if (task.size === undefined) task.size = contentLength
+      else if (task.size !== contentLength) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `task ${taskId}: size ${contentLength} contradicts the recorded ${task.size}`)
+    }
+    return task
+  }
+
+  /** Records a piece's digests if none are recorded; true if they are (now) the recorded ones. */
+  private recordOrCheck (task: TaskState, d: PieceDigest): boolean {
+    if (task.size !== undefined) {
+      if (d.number >= pieceCount(task.size, task.pieceLength)) return false
+      if (!validPieceDigest(d, pieceSpan(d.number, task.size, task.pieceLength).length, task.pieceLength)) return false
+    }
+    const rec = task.digests.get(d.number)
+    if (rec === undefined) {
+      task.digests.set(d.number, { number: d.number, sha256: Buffer.from(d.sha256), blocks: Buffer.from(d.blocks) })
+      return true
+    }
+    return sameDigest(rec, d)
+  }
+
+  private addHolder (task: TaskState, h: HostState, n: number): void {
+    let hs = task.holders.get(n)
+    if (hs === undefined) task.holders.set(n, hs = new Set())
+    hs.add(h.info.id)
+    let ps = h.tasks.get(task.id)
+    if (ps === undefined) h.tasks.set(task.id, ps = new Set())
+    ps.add(n)
+  }
+
+  private removeHolder (task: TaskState, h: HostState, n: number): void {
+    const hs = task.holders.get(n)
+    hs?.delete(h.info.id)
+    if (hs?.size === 0) task.holders.delete(n)
+    h.tasks.get(task.id)?.delete(n)
+    h.complete.delete(task.id)
+  }
+
+  private dropTask (h: HostState, task: TaskState): void {
+    for (const n of h.tasks.get(task.id) ?? []) {
+      const hs = task.holders.get(n)
+      hs?.delete(h.info.id)
+      if (hs?.size === 0) task.holders.delete(n)
+    }
+    h.tasks.delete(task.id)
+    h.complete.delete(task.id)
+  }
+
+  private dropHoldings (h: HostState): void {
+    for (const id of [...h.tasks.keys()]) {
+      const task = this.tasks.get(id)
+      if (task !== undefined) this.dropTask(h, task)
+    }
+  }
+
+  private removeHost (h: HostState, why: string): void {
+    this.log.info({ hostId: h.info.id, why }, 'host forgotten')
+    for (const s of [...h.sessions]) {
+      s.sink.close(new NaiadError('NAIAD_P2P_UNKNOWN_HOST', `host ${h.info.id} was forgotten: ${why}`))
+      this.closeSession(s)
+    }
+    this.dropHoldings(h)
+    this.hosts.delete(h.info.id)
+    // Slots other downloads reserved on it are released when they report; nothing more to do.
+    this.metrics?.hosts.set(this.hosts.size)
+  }
+
+  private blocklist (h: HostState, now: number, reason: 'digest_mismatch' | 'failures'): void {
+    h.blocklistedUntil = now + this.opts.blocklistTtlMs
+    this.metrics?.blocklisted.inc({ reason })
+  }
+
+  private recentFailures (h: HostState, now: number): number {
+    let n = 0
+    for (const t of h.failures) if (t > now - this.opts.failureWindowMs) n++
+    return n
+  }
+
+  private releaseSlot (hostId: string): void {
+    const h = this.hosts.get(hostId)
+    if (h !== undefined && h.assigned > 0) h.assigned--
+  }
+
+  /** Forgets whatever `s` held for piece n: a reserved slot, an origin permit, a wait. */
+  private releasePiece (s: PeerSession, n: number): void {
+    const parent = s.transfers.get(n)
+    if (parent !== undefined) {
+      s.transfers.delete(n)
+      this.releaseSlot(parent)
+    }
+    if (s.permits.delete(n)) {
+      const ps = s.task.permits.get(n)
+      ps?.delete(s)
+      if (ps?.size === 0) s.task.permits.delete(n)
+    }
+    if (s.waiting.delete(n)) {
+      const ws = s.task.waiters.get(n)
+      ws?.delete(s)
+      if (ws?.size === 0) s.task.waiters.delete(n)
+    }
+  }
+
+  private edges (task: TaskState): TransferEdges {
+    const edges = new Map<string, Map<string, Set<number>>>()
+    for (const s of task.sessions) {
+      for (const [n, parent] of s.transfers) {
+        let out = edges.get(s.host.info.id)
+        if (out === undefined) edges.set(s.host.info.id, out = new Map())
+        let ps = out.get(parent)
+        if (ps === undefined) out.set(parent, ps = new Set())
+        ps.add(n)
+      }
+    }
+    return edges
+  }
+
+  private candidate (h: HostState, held: number, now: number): CandidateHost {
+    return {
+      hostId: h.info.id,
+      seed: h.info.seed,
+      held,
+      activeUploads: h.assigned,
+      uploadConcurrency: Math.max(1, h.info.uploadConcurrency),
+      ...(h.bandwidth !== undefined ? { bandwidth: h.bandwidth } : {}),
+      recentFailures: this.recentFailures(h, now),
+      blocklisted: h.blocklistedUntil > now
+    }
+  }
+
+  /** Decides one piece for one download (see the module comment); reserves what it grants. */
+  private decide (s: PeerSession, n: number, wanted: ReadonlySet<number>): Assignment {
+    const task = s.task
+    const now = this.now()
+    const holders = task.holders.get(n)
+    const digest = task.digests.get(n)
+    if (holders !== undefined && holders.size > 0 && digest !== undefined) {
+      const candidates: CandidateHost[] = []
+      for (const id of holders) {
+        const h = this.hosts.get(id)
+        if (h === undefined) continue
+        let held = 0
+        const ps = h.tasks.get(task.id)
+        if (ps !== undefined) for (const w of wanted) if (ps.has(w)) held++
+        candidates.push(this.candidate(h, Math.max(1, held), now))
+      }
+      const childBlocklist = new Set<string>()
+      for (const [id, until] of s.blocklist) if (until > now) childBlocklist.add(id)
+      const ranked = this.evaluator.evaluateParents({ childHostId: s.host.info.id, wanted: new Set([n]), candidates, childBlocklist, edges: this.edges(task), limit: Math.max(this.opts.candidateParents, candidates.length) })
+      if (ranked.length > 0) {
+        const free = ranked.filter(r => { const h = this.hosts.get(r.hostId); return h !== undefined && h.assigned < Math.max(1, h.info.uploadConcurrency) })
+        if (free.length === 0) {
+          this.metrics?.assignments.inc({ action: 'wait' })
+          return { number: n, action: 'wait' }
+        }
+        const parents = free.slice(0, this.opts.candidateParents).map(r => r.hostId)
+        const best = this.hosts.get(parents[0] as string) as HostState
+        best.assigned++
+        s.transfers.set(n, best.info.id)
+        this.metrics?.assignments.inc({ action: 'parents' })
+        return { number: n, action: 'parents', parents, digest }
+      }
+    }
+    let ps = task.permits.get(n)
+    if ((ps?.size ?? 0) < this.opts.originBudgetPerPiece) {
+      if (ps === undefined) task.permits.set(n, ps = new Map())
+      ps.set(s, now + this.opts.permitTimeoutMs)
+      s.permits.add(n)
+      task.permitsGranted++
+      this.metrics?.assignments.inc({ action: 'back_to_source' })
+      return { number: n, action: 'back-to-source' }
+    }
+    this.metrics?.assignments.inc({ action: 'wait' })
+    return { number: n, action: 'wait' }
+  }
+
+  /** Serves waiters whose piece can now be assigned (new holder, free slot, free permit). */
+  private pump (task: TaskState): void {
+    if (task.waiters.size === 0) return
+    const batches = new Map<PeerSession, Assignment[]>()
+    for (const n of [...task.waiters.keys()].sort((a, b) => a - b)) {
+      const ws = task.waiters.get(n)
+      if (ws === undefined) continue
+      for (const s of [...ws]) {
+        if (s.closed) { ws.delete(s); continue }
+        const a = this.decide(s, n, new Set([n]))
+        if (a.action === 'wait') continue
+        ws.delete(s)
+        s.waiting.delete(n)
+        let b = batches.get(s)
+        if (b === undefined) batches.set(s, b = [])
+        b.push(a)
+      }
+      if (ws.size === 0) task.waiters.delete(n)
+    }
+    for (const [s, pieces] of batches) this.send(s, pieces)
+  }
+
+  private send (s: PeerSession, pieces: Assignment[]): void {
+    const ids = new Set<string>()
+    for (const a of pieces) if (a.action === 'parents') for (const p of a.parents) ids.add(p)
+    const hosts: HostInfo[] = []
+    for (const id of ids) { const h = this.hosts.get(id); if (h !== undefined) hosts.push(h.info) }
+    s.sink.assignments({ pieces, hosts })
+  }
+}
+
+function checkHostInfo (h: HostInfo): void {
+  if (typeof h.id !== 'string' || h.id === '' || h.id.length > 256) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', 'host id must be a non-empty string of at most 256 characters')
+  if (!Number.isInteger(h.uploadPort) || h.uploadPort < 1 || h.uploadPort > 65535) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `host ${h.id}: bad upload port ${h.uploadPort}`)
+  if (typeof h.ip !== 'string' || h.ip === '') throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `host ${h.id}: no ip`)
+}
+
+function stripUndefined<T extends object> (o: T): Partial<T> {
+  return Object.fromEntries(Object.entries(o).filter(([, v]) => v !== undefined)) as Partial<T>
+}
