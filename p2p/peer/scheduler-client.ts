@@ -66,7 +66,7 @@ export class TaskStream {
   ) {
     call.on('data', (m: AnnouncePeerResponseMsg) => {
       this.awaitingSince = undefined
-      if (m.response === 'assignments' && m.assignments != null) {
+      if (m.response === 'assignments' && m.assignments !== null && m.assignments !== undefined) {
         try {
           this.onAssignments(assignmentsFromMsg(m.assignments))
         } catch (err) {
@@ -302,7 +302,7 @@ export class SchedulerClient {
     const registered = await new Promise<{ contentLength: number | undefined }>((resolve, reject) => {
       const fail = (err: NaiadError): void => { cleanup(); try { call.cancel() } catch {}; reject(err) }
       const onData = (m: AnnouncePeerResponseMsg): void => {
-        if (m.response !== 'registered' || m.registered == null) { fail(new NaiadError('NAIAD_P2P_SCHEDULER_UNAVAILABLE', 'the scheduler did not confirm the registration')); return }
+        if (m.response !== 'registered' || m.registered === null || m.registered === undefined) { fail(new NaiadError('NAIAD_P2P_SCHEDULER_UNAVAILABLE', 'the scheduler did not confirm the registration')); return }
         cleanup()
         resolve({ contentLength: m.registered.contentLengthKnown ? m.registered.contentLength : undefined })
       }

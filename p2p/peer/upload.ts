@@ -10,7 +10,7 @@
  * TEST ONLY: with `faultCorruptUploads`, every chunk sent has a bit flipped, to exercise
  * corrupt-piece detection end to end.
  */
-import http from 'node:http'
+import type http from 'node:http'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import { NaiadError } from '../../lib/errors/index.ts'
 import type { PeerMetrics } from '../metrics.ts'

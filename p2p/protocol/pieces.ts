@@ -97,7 +97,7 @@ export function parseRangeHeader (header: string | undefined, size: number): Byt
     return { first: Math.max(0, size - n), last: size - 1 }
   }
   const first = Number(a)
-  const last = b === '' ? size - 1 : Number(b)
+  const last = b === '' ? Number.MAX_SAFE_INTEGER : Number(b)
   if (!Number.isSafeInteger(first) || !Number.isSafeInteger(last)) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', 'Range offsets too large')
   if (last < first) throw new NaiadError('NAIAD_P2P_BAD_REQUEST', `bad Range header ${JSON.stringify(header.slice(0, 100))}: last < first`)
   if (first >= size) return 'unsatisfiable'

@@ -3,7 +3,7 @@
  * messages to SchedulerService calls and NaiadErrors to gRPC statuses (the error code travels in
  * the `naiad-error-code` metadata key). No decisions are made here.
  */
-import * as grpc from '@grpc/grpc-js'
+import type * as grpc from '@grpc/grpc-js'
 import { NaiadError } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { assignmentsToMsg, digestFromMsg, grpcError, hostFromMsg, hostStatusToMsg, reasonFromMsg, taskStatToMsg } from '../grpc/convert.ts'
@@ -55,16 +55,16 @@ export function schedulerHandlers (service: SchedulerService, logger: Logger): g
         }
         switch (req.event) {
           case 'requestPieces': session.requestPieces(req.requestPieces?.numbers ?? []); break
-          case 'pieceStarted': if (req.pieceStarted != null) session.pieceStarted(req.pieceStarted.number, req.pieceStarted.parentHostId); break
+          case 'pieceStarted': if (req.pieceStarted !== null && req.pieceStarted !== undefined) session.pieceStarted(req.pieceStarted.number, req.pieceStarted.parentHostId); break
           case 'pieceFinished': {
             const f = req.pieceFinished
-            if (f == null) break
+            if (f === null || f === undefined) break
             session.pieceFinished({ digest: digestFromMsg(f.digest), source: f.source === 'PIECE_SOURCE_ORIGIN' ? 'origin' : 'peer', parentHostId: f.parentHostId, length: f.length, costMs: f.costMs })
             break
           }
           case 'pieceFailed': {
             const f = req.pieceFailed
-            if (f == null) break
+            if (f === null || f === undefined) break
             session.pieceFailed({ number: f.number, parentHostId: f.parentHostId, reason: reasonFromMsg(f.reason), description: f.description.slice(0, 500) })
             break
           }

@@ -1,0 +1,223 @@
+import { describe, expect, it } from 'vitest'
+import { SchedulerMetrics } from '../../../p2p/metrics.ts'
+import { computePieceDigest, MiB, taskIdFor, type Assignments, type HostInfo } from '../../../p2p/protocol/index.ts'
+import { SchedulerService, type PeerSession } from '../../../p2p/scheduler/service.ts'
+import { sha256 } from '../../../lib/digest/index.ts'
+import type { NaiadError } from '../../../lib/errors/index.ts'
+
+const PL = 1 * MiB
+const SIZE = 4 * PL
+const DIGEST = sha256('blob')
+const TASK = taskIdFor(DIGEST, PL)
+const piece = (n: number, fill = n): ReturnType<typeof computePieceDigest> => computePieceDigest(n, Buffer.alloc(PL, fill), PL)
+
+function host (id: string, over: Partial<HostInfo> = {}): HostInfo {
+  return { id, hostname: id, ip: `10.0.0.${id.length}`, uploadPort: 65002, seed: false, uploadRateLimit: 0, uploadConcurrency: 2, ...over }
+}
+
+interface Sink { got: Assignments[], closed: NaiadError | undefined }
+
+function setup (opts: ConstructorParameters<typeof SchedulerService>[1] = {}): { svc: SchedulerService, clock: { t: number }, metrics: SchedulerMetrics, open: (hostId: string) => { s: PeerSession, sink: Sink, last: () => Assignments['pieces'] } } {
+  const clock = { t: 1_000_000 }
+  const metrics = new SchedulerMetrics()
+  const svc = new SchedulerService({ now: () => clock.t, metrics }, { candidateParents: 3, originBudgetPerPiece: 1, ...opts })
+  const open = (hostId: string): { s: PeerSession, sink: Sink, last: () => Assignments['pieces'] } => {
+    svc.announceHost(host(hostId))
+    const sink: Sink = { got: [], closed: undefined }
+    const s = svc.openPeer({ peerId: `${hostId}/1`, hostId, taskId: TASK, digest: DIGEST, pieceLength: PL, contentLength: SIZE }, {
+      assignments: (a) => { sink.got.push(a) },
+      close: (err) => { sink.closed = err }
+    })
+    return { s, sink, last: () => sink.got.at(-1)?.pieces ?? [] }
+  }
+  return { svc, clock, metrics, open }
+}
+
+describe('scheduler service: origin budget', () => {
+  it('N cold peers asking for the same piece: one goes to the origin, the others wait, then get it as parent', () => {
+    const { open } = setup()
+    const peers = ['a', 'b', 'c', 'd'].map(open)
+    for (const p of peers) p.s.requestPieces([0])
+    const actions = peers.map(p => p.last()[0]?.action)
+    expect(actions).toEqual(['back-to-source', 'wait', 'wait', 'wait'])
+    peers[0]?.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    // a has 2 upload slots: two waiters are served now, the third when a slot frees or a new holder appears
+    const served = peers.slice(1).filter(p => p.last()[0]?.action === 'parents')
+    expect(served).toHaveLength(2)
+    for (const p of served) expect(p.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    served[0]?.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
+    const third = peers.slice(1).find(p => !served.includes(p))
+    expect(third?.last()[0]?.action).toBe('parents')
+  })
+
+  it('spreads the first origin fetches of different pieces over different peers', () => {
+    const { open } = setup()
+    const a = open('a')
+    const b = open('b')
+    a.s.requestPieces([0, 1])
+    b.s.requestPieces([0, 1, 2])
+    expect(a.last().map(x => x.action)).toEqual(['back-to-source', 'back-to-source'])
+    expect(b.last().map(x => x.action)).toEqual(['wait', 'wait', 'back-to-source'])
+  })
+
+  it('a budget of 2 allows two concurrent origin fetches of a piece', () => {
+    const { open } = setup({ originBudgetPerPiece: 2 })
+    const [a, b, c] = ['a', 'b', 'c'].map(open)
+    for (const p of [a, b, c]) p?.s.requestPieces([0])
+    expect([a, b, c].map(p => p?.last()[0]?.action)).toEqual(['back-to-source', 'back-to-source', 'wait'])
+  })
+
+  it('a failed origin fetch releases the permit to a waiter', () => {
+    const { open } = setup()
+    const a = open('a')
+    const b = open('b')
+    a.s.requestPieces([0])
+    b.s.requestPieces([0])
+    a.s.pieceFailed({ number: 0, parentHostId: '', reason: 'origin', description: 'HTTP 503' })
+    expect(b.last()[0]?.action).toBe('back-to-source')
+  })
+
+  it('a closed stream releases its permits; an unreported permit expires', () => {
+    const { svc, open, clock } = setup({ permitTimeoutMs: 10_000 })
+    const a = open('a')
+    const b = open('b')
+    a.s.requestPieces([0, 1])
+    b.s.requestPieces([0, 1])
+    a.s.close()
+    expect(b.last().map(x => x.action)).toEqual(['back-to-source', 'back-to-source'])
+    const c = open('c')
+    c.s.requestPieces([0])
+    expect(c.last()[0]?.action).toBe('wait')
+    clock.t += 10_001
+    svc.announceHost(host('b'))
+    svc.announceHost(host('c'))
+    svc.sweep()
+    expect(c.last()[0]?.action).toBe('back-to-source')
+  })
+})
+
+describe('scheduler service: integrity and blocklists', () => {
+  it('records the first origin digest; a disagreeing report is not counted as held', () => {
+    const { svc, open } = setup({ originBudgetPerPiece: 2 })
+    const a = open('a')
+    const b = open('b')
+    a.s.requestPieces([0])
+    b.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    b.s.pieceFinished({ digest: piece(0, 99), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    expect(svc.statTask(TASK)?.holders).toEqual([{ hostId: 'a', pieces: 1, complete: false }])
+  })
+
+  it('a digest mismatch blocklists the parent cluster-wide; others are sent elsewhere', () => {
+    const { svc, open, metrics } = setup()
+    const a = open('a')
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    const b = open('b')
+    b.s.requestPieces([0])
+    expect(b.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    b.s.pieceFailed({ number: 0, parentHostId: 'a', reason: 'digest-mismatch', description: 'block 3' })
+    expect(svc.listHosts(false).find(h => h.host.id === 'a')?.blocklistedUntil).toBeGreaterThan(0)
+    // b asks again: the only holder is blocklisted, so the piece goes to the origin (budget free)
+    b.s.requestPieces([0])
+    expect(b.last()[0]?.action).toBe('back-to-source')
+    const c = open('c')
+    c.s.requestPieces([0])
+    expect(c.last()[0]?.action).toBe('wait')
+    b.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    expect(c.last()[0]).toMatchObject({ action: 'parents', parents: ['b'] })
+    expect(metrics.blocklisted.hashMap).toBeDefined()
+  })
+
+  it('repeated transport failures blocklist a host; one failure only skips it for that download', () => {
+    const { svc, open } = setup({ failureThreshold: 2 })
+    const a = open('a')
+    const x = open('x')
+    for (const p of [0, 1]) { a.s.requestPieces([p]); a.s.pieceFinished({ digest: piece(p), source: 'origin', parentHostId: '', length: PL, costMs: 1 }) }
+    x.s.requestPieces([0])
+    expect(x.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    x.s.pieceFailed({ number: 0, parentHostId: 'a', reason: 'transport', description: 'reset' })
+    x.s.requestPieces([0])
+    expect(x.last()[0]?.action).toBe('back-to-source')
+    const y = open('y')
+    y.s.requestPieces([1])
+    expect(y.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    y.s.pieceFailed({ number: 1, parentHostId: 'a', reason: 'transport', description: 'reset' })
+    expect(svc.listHosts(false).find(h => h.host.id === 'a')?.blocklistedUntil).toBeGreaterThan(0)
+  })
+
+  it('never offers the asking host, and busy or not-found reports correct the view', () => {
+    const { svc, open } = setup()
+    const a = open('a')
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    const a2 = svc.openPeer({ peerId: 'a/2', hostId: 'a', taskId: TASK, digest: DIGEST, pieceLength: PL, contentLength: SIZE }, { assignments: () => {}, close: () => {} })
+    const got: Assignments[] = []
+    const a3 = svc.openPeer({ peerId: 'a/3', hostId: 'a', taskId: TASK, digest: DIGEST, pieceLength: PL, contentLength: SIZE }, { assignments: (x) => { got.push(x) }, close: () => {} })
+    a3.requestPieces([0])
+    expect(got[0]?.pieces[0]?.action).not.toBe('parents')
+    a2.close()
+    const b = open('b')
+    b.s.requestPieces([0])
+    b.s.pieceFailed({ number: 0, parentHostId: 'a', reason: 'not-found', description: '404' })
+    expect(svc.statTask(TASK)?.holders).toEqual([])
+  })
+})
+
+describe('scheduler service: hosts', () => {
+  it('asks new hosts to announce their pieces, accepts matching ones, refuses others', () => {
+    const { svc, open } = setup()
+    expect(svc.announceHost(host('r')).reannounce).toBe(true)
+    const a = open('a')
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    const rejected = svc.announceTasks('r', [{ taskId: TASK, digest: DIGEST, contentLength: SIZE, pieceLength: PL, pieces: [{ ...piece(0), sha256: Buffer.alloc(32) }, piece(1), piece(2)], complete: false }], true)
+    expect(rejected).toEqual([{ taskId: TASK, number: 0 }])
+    expect(svc.announceHost(host('r')).reannounce).toBe(false)
+    expect(svc.statTask(TASK)?.holders.find(h => h.hostId === 'r')?.pieces).toBe(2)
+    const b = open('b')
+    b.s.requestPieces([1])
+    expect(b.last()[0]).toMatchObject({ action: 'parents', parents: ['r'] })
+  })
+
+  it('refuses downloads from unknown hosts and task ids that do not match', () => {
+    const { svc } = setup()
+    expect(() => svc.openPeer({ peerId: 'z/1', hostId: 'z', taskId: TASK, digest: DIGEST, pieceLength: PL, contentLength: SIZE }, { assignments: () => {}, close: () => {} })).toThrow(expect.objectContaining({ code: 'NAIAD_P2P_UNKNOWN_HOST' }))
+    svc.announceHost(host('z'))
+    expect(() => svc.openPeer({ peerId: 'z/1', hostId: 'z', taskId: taskIdFor(DIGEST, 2 * MiB), digest: DIGEST, pieceLength: PL, contentLength: SIZE }, { assignments: () => {}, close: () => {} })).toThrow(expect.objectContaining({ code: 'NAIAD_P2P_BAD_REQUEST' }))
+    svc.openPeer({ peerId: 'z/1', hostId: 'z', taskId: TASK, digest: DIGEST, pieceLength: PL, contentLength: SIZE }, { assignments: () => {}, close: () => {} })
+    expect(() => svc.openPeer({ peerId: 'z/2', hostId: 'z', taskId: TASK, digest: DIGEST, pieceLength: PL, contentLength: SIZE + 1 }, { assignments: () => {}, close: () => {} })).toThrow(expect.objectContaining({ code: 'NAIAD_P2P_BAD_REQUEST' }))
+  })
+
+  it('forgets hosts that stop heart-beating, with their pieces and downloads', () => {
+    const { svc, open, clock } = setup({ hostTtlMs: 30_000 })
+    const a = open('a')
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    const b = open('b')
+    clock.t += 20_000
+    svc.announceHost(host('b'))
+    clock.t += 15_000
+    svc.sweep()
+    expect(svc.listHosts(false).map(h => h.host.id)).toEqual(['b'])
+    expect(a.sink.closed?.code).toBe('NAIAD_P2P_UNKNOWN_HOST')
+    expect(svc.statTask(TASK)?.holders).toEqual([])
+    b.s.requestPieces([0])
+    expect(b.last()[0]?.action).toBe('back-to-source')
+  })
+
+  it('lists seeds only when asked, and counts measured bandwidth', () => {
+    const { svc, open } = setup()
+    svc.announceHost(host('seed1', { seed: true }))
+    const a = open('a')
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    const b = open('b')
+    b.s.requestPieces([0])
+    b.s.pieceStarted(0, 'a')
+    b.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 100 })
+    expect(svc.listHosts(true).map(h => h.host.id)).toEqual(['seed1'])
+    expect(svc.listHosts(false).find(h => h.host.id === 'a')?.measuredBandwidth).toBe(Math.round(PL / 0.1))
+    expect(svc.listHosts(false).find(h => h.host.id === 'a')?.activeUploads).toBe(0)
+  })
+})
