@@ -667,7 +667,10 @@ export class DownloadEngine {
       if (pos < slot.length) throw new PieceError('transport', `parent ${parent.id}: body ended at ${pos} of ${slot.length} bytes`)
     } finally {
       this.ac.signal.removeEventListener('abort', onAbort)
-      if (!res.body.destroyed) res.body.destroy()
+      if (!res.body.destroyed) {
+        res.body.on('error', () => {})
+        res.body.destroy()
+      }
     }
   }
 
