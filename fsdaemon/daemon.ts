@@ -164,7 +164,7 @@ export class FsDaemon {
         if (lease === undefined) throw new NaiadError('NAIAD_FMT_CORRUPT', `chunk of blob ${b.blobId}, which is not in the image's blob table`)
         return lease.cache
       }
-      const fs = new RafsFilesystem({ bootstrap, cacheFor, fetcher: chain, log: log.child({ component: 'fs' }) }, { amplifyBytes: this.cfg.fetch.amplify })
+      const fs = new RafsFilesystem({ bootstrap, cacheFor, fetcher: chain, log: log.child({ component: 'fs' }) }, { amplifyBytes: this.cfg.fetch.amplify, readaheadBytes: this.cfg.fetch.readahead })
       const session = new FuseSession({ fs, log: log.child({ component: 'fuse' }) }, {
         mountpoint: mp,
         fsname: req.image ?? 'naiad',

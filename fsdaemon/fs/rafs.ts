@@ -27,6 +27,12 @@ export interface RafsFilesystemDeps {
 export interface RafsFilesystemOptions {
   /** On a cache miss, also fetch following chunks of the same file up to this many bytes. */
   amplifyBytes?: number
+  /**
+   * Sequential readahead: while a file is read sequentially, keep the next this-many bytes of
+   * its chunks fetching in the background (merged into large Range requests, several in flight).
+   * 0 turns it off.
+   */
+  readaheadBytes?: number
 }
 
 export interface ReadStats { reads: number, bytes: number, eio: number }
@@ -35,11 +41,17 @@ export class RafsFilesystem implements FuseFilesystem {
   private readonly b: Bootstrap
   private readonly dirCache = new Map<number, FuseDirEntry[]>()
   private readonly amplify: number
+  private readonly readahead: number
+  /** Where the last read of each recently read file ended (to detect sequential reads). */
+  private readonly lastEnd = new Map<number, number>()
+  /** Per file: the chunk index up to which readahead has been started. */
+  private readonly aheadUntil = new Map<number, number>()
   readonly readStats: ReadStats = { reads: 0, bytes: 0, eio: 0 }
 
   constructor (private readonly deps: RafsFilesystemDeps, opts: RafsFilesystemOptions = {}) {
     this.b = deps.bootstrap
     this.amplify = opts.amplifyBytes ?? 0
+    this.readahead = opts.readaheadBytes ?? 32 * 1024 * 1024
   }
 
   private nid (nodeid: number): number {
@@ -147,6 +159,23 @@ export class RafsFilesystem implements FuseFilesystem {
     const first = Math.floor(offset / cs)
     const last = Math.floor((end - 1) / cs)
     this.readStats.reads++
+    // the kernel sends a sequential read's pieces concurrently and slightly out of order: treat a
+    // read near where the last one ended as sequential
+    const prev = this.lastEnd.get(nid)
+    const sequential = offset === 0 || (prev !== undefined && Math.abs(offset - prev) <= 2 * Math.max(cs, this.readahead))
+    if (this.lastEnd.size > 4096) { this.lastEnd.clear(); this.aheadUntil.clear() }
+    if (prev === undefined || end > prev) this.lastEnd.set(nid, end)
+    if (sequential && this.readahead > 0) {
+      // start a whole window at a time once less than half of it is left, so the cache merges
+      // it into large requests (a window sliding chunk by chunk would fetch chunk by chunk)
+      const window = Math.max(1, Math.ceil(this.readahead / cs))
+      const until = this.aheadUntil.get(nid) ?? 0
+      if (until - last <= window / 2) {
+        const from = Math.max(until, last + 1)
+        this.aheadUntil.set(nid, last + 1 + window)
+        this.readAhead(chunks, from, last + 1 + window)
+      }
+    }
     try {
       if (this.amplify > 0) await this.amplifyMisses(chunks, first, last, opts)
       const parts = await Promise.all(Array.from({ length: last - first + 1 }, async (_, k) => {
@@ -171,6 +200,26 @@ export class RafsFilesystem implements FuseFilesystem {
         ...(isNaiadError(err) ? { code: err.code, ...err.details } : {})
       }, 'read failed after retries on every source: answering EIO')
       throw new FuseErrno(Errno.EIO)
+    }
+  }
+
+  /**
+   * Starts fetching the chunks [from, to) that are not cached, without waiting: the cache merges them into few requests and later reads join them.
+   */
+  private readAhead (chunks: ChunkRef[], from: number, to: number): void {
+    const byBlob = new Map<BlobInfo, ChunkRef[]>()
+    for (let i = from; i < chunks.length && i < to; i++) {
+      const c = chunks[i]!
+      const cache = this.deps.cacheFor(c.blob)
+      if (cache.isReady(c.index)) continue
+      const list = byBlob.get(c.blob)
+      if (list === undefined) byBlob.set(c.blob, [c])
+      else list.push(c)
+    }
+    for (const [blob, refs] of byBlob) {
+      this.deps.cacheFor(blob).ensure(refs, this.deps.fetcher, { priority: 'ondemand' }).catch((err: unknown) => {
+        this.deps.log.debug({ err, blobId: blob.blobId }, 'readahead failed (the read itself will retry)')
+      })
     }
   }
 

@@ -9,13 +9,16 @@
  * This folder is the only code that touches /dev/fuse; everything above it implements
  * `FuseFilesystem` and runs without FUSE.
  *
- * Threading: reads of /dev/fuse block in libuv's threadpool, so at most `readers` (default 2) pool
- * threads wait there at a time; the composition root raises UV_THREADPOOL_SIZE so cache-file
- * I/O never starves behind them. A FUSE-serving process must never make a synchronous call into
- * its own mount (it would deadlock): nothing here or above does.
+ * Threading: reads of /dev/fuse block until the kernel has a request, so they run in `readers`
+ * (default 2) small worker threads doing blocking reads, never in libuv's threadpool (where they
+ * would starve the cache's file I/O). Each request is transferred to the main thread, handled
+ * asynchronously, and answered with one writev. A FUSE-serving process must never make a
+ * synchronous call into its own mount (it would deadlock): nothing here or above does.
  */
 import { spawn } from 'node:child_process'
-import { open as openFile, read as readFd, write as writeFd, close as closeFd } from 'node:fs'
+import { open as openFile, writev as writevFd, close as closeFd } from 'node:fs'
+import { Worker } from 'node:worker_threads'
+import { readFile, writeFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
 import type { Logger } from '../../lib/log/index.ts'
 import {
@@ -69,17 +72,42 @@ export interface FuseSessionOptions {
   readers?: number
   /** Largest READ the kernel may send (bytes; with FUSE_MAX_PAGES). */
   maxRead?: number
+  /**
+   * Kernel readahead window for this mount (KiB, written to /sys/class/bdi/<dev>/read_ahead_kb
+   * after mounting; the kernel's default is 128 KiB, which turns a sequential read into many
+   * small FUSE reads and Range requests). 0 leaves the default.
+   */
+  readAheadKb?: number
 }
 
 export interface FuseStats { requests: number, errors: number, bytesRead: number }
 
-const readP = promisify(readFd)
-const writeP = promisify(writeFd)
+const writevP = promisify(writevFd)
 const openP = promisify(openFile)
 const closeP = promisify(closeFd)
 
 const MAX_WRITE = 128 * 1024
 const BUF_SIZE = MAX_WRITE + 4096 + IN_HEADER
+
+/** The reader thread (CommonJS, evaluated: no file to locate from dist/ or from source). */
+const READER_WORKER = `
+const { readSync } = require('node:fs')
+const { parentPort, workerData } = require('node:worker_threads')
+const { fd, size } = workerData
+for (;;) {
+  const buf = new ArrayBuffer(size)
+  let n
+  try {
+    n = readSync(fd, new Uint8Array(buf), 0, size, null)
+  } catch (err) {
+    if (err.code === 'ENOENT' || err.code === 'EINTR' || err.code === 'EAGAIN') continue
+    parentPort.postMessage({ end: err.code || String(err) })
+    break
+  }
+  if (n === 0) { parentPort.postMessage({ end: 'EOF' }); break }
+  parentPort.postMessage({ buf, n }, [buf])
+}
+`
 
 function runMount (args: string[], fd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -111,6 +139,7 @@ export class FuseSession {
   private loopDone: Promise<void> | undefined
   private initDone = false
   private readonly stats: FuseStats = { requests: 0, errors: 0, bytesRead: 0 }
+  private readonly workers = new Set<Worker>()
   private readonly opts: Required<Omit<FuseSessionOptions, 'fsname'>> & { fsname: string }
 
   constructor (private readonly deps: { fs: FuseFilesystem, log: Logger }, opts: FuseSessionOptions) {
@@ -120,7 +149,8 @@ export class FuseSession {
       cacheTimeoutSec: opts.cacheTimeoutSec ?? 365 * 24 * 3600,
       allowOther: opts.allowOther ?? true,
       readers: opts.readers ?? 2,
-      maxRead: opts.maxRead ?? 1024 * 1024
+      maxRead: opts.maxRead ?? 1024 * 1024,
+      readAheadKb: opts.readAheadKb ?? 4096
     }
   }
 
@@ -145,6 +175,21 @@ export class FuseSession {
     this.onInit = initResolve
     this.loopDone = Promise.all(Array.from({ length: this.opts.readers }, async () => { await this.readLoop() })).then(() => {})
     await Promise.race([init, this.loopDone.then(() => { throw new Error('FUSE session ended before INIT') })])
+    if (this.opts.readAheadKb > 0) await this.setReadAhead(this.opts.readAheadKb)
+  }
+
+  /** Sets the mount's readahead window through its backing device's sysfs entry. */
+  private async setReadAhead (kb: number): Promise<void> {
+    try {
+      const info = await readFile('/proc/self/mountinfo', 'utf8')
+      const esc = this.opts.mountpoint.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'))
+      const line = info.split('\n').find(l => l.split(' ')[4] === esc && l.includes(' - fuse.naiad '))
+      const dev = line?.split(' ')[2]
+      if (dev === undefined) return
+      await writeFile(`/sys/class/bdi/${dev}/read_ahead_kb`, String(kb))
+    } catch (err) {
+      this.deps.log.debug({ err }, 'could not set the readahead window (kernel default stays)')
+    }
   }
 
   private onInit: (() => void) | undefined
@@ -154,31 +199,34 @@ export class FuseSession {
     await this.loopDone
   }
 
+  /**
+   * One reader: a worker thread blocked in read(2) on /dev/fuse, posting each request here. It
+   * ends when the kernel ends the session (ENODEV after unmount) or the descriptor is closed.
+   */
   private async readLoop (): Promise<void> {
-    const buf = Buffer.allocUnsafe(BUF_SIZE)
-    for (;;) {
-      if (this.fd < 0) return
-      let n: number
-      try {
-        n = (await readP(this.fd, buf, 0, buf.length, null)).bytesRead
-      } catch (err) {
-        const code = (err as NodeJS.ErrnoException).code
-        if (code === 'ENOENT' || code === 'EINTR' || code === 'EAGAIN') continue // interrupted request
-        if (code === 'ENODEV' || code === 'EBADF') return // unmounted / closed
-        this.deps.log.error({ err }, 'reading /dev/fuse failed')
-        return
-      }
-      if (n === 0) return
-      const req = Buffer.from(buf.subarray(0, n))
-      this.dispatch(req)
-    }
+    const worker = new Worker(READER_WORKER, { eval: true, workerData: { fd: this.fd, size: BUF_SIZE } })
+    worker.unref()
+    this.workers.add(worker)
+    await new Promise<void>((resolve) => {
+      worker.on('message', (m: { buf?: ArrayBuffer, n?: number, end?: string }) => {
+        if (m.end !== undefined) {
+          if (m.end !== 'ENODEV' && m.end !== 'EBADF') this.deps.log.error({ errno: m.end }, 'reading /dev/fuse failed')
+          resolve()
+          return
+        }
+        if (m.buf !== undefined && m.n !== undefined && this.fd >= 0) this.dispatch(Buffer.from(m.buf, 0, m.n))
+      })
+      worker.on('error', (err) => { this.deps.log.error({ err }, 'FUSE reader thread failed'); resolve() })
+      worker.on('exit', () => { resolve() })
+    })
+    this.workers.delete(worker)
   }
 
   private reply (unique: bigint, error: number, ...parts: Buffer[]): void {
     if (this.fd < 0) return
     const len = OUT_HEADER + parts.reduce((s, p) => s + p.length, 0)
-    const out = parts.length === 0 ? outHeader(len, -error, unique) : Buffer.concat([outHeader(len, -error, unique), ...parts], len)
-    writeP(this.fd, out, 0, out.length, null).catch((err: NodeJS.ErrnoException) => {
+    // one writev: the kernel takes a reply only as a single write, and no copy of the data
+    writevP(this.fd, [outHeader(len, -error, unique), ...parts]).catch((err: NodeJS.ErrnoException) => {
       // ENOENT: the request was interrupted and is gone; anything else is worth a log line
       if (err.code !== 'ENOENT' && err.code !== 'EBADF') this.deps.log.warn({ err }, 'writing a FUSE reply failed')
     })

@@ -6,7 +6,7 @@
 import { spawn, type ChildProcess } from 'node:child_process'
 import { existsSync } from 'node:fs'
 
-export const NAIAD_BIN = new URL('../../dist/bin/naiad.js', import.meta.url).pathname
+export const NAIAD_BIN = new URL(import.meta.url.includes('/dist/test/') ? '../../bin/naiad.js' : '../../dist/bin/naiad.js', import.meta.url).pathname
 
 export interface Daemon {
   child: ChildProcess

@@ -1,0 +1,162 @@
+/**
+ * bench/fsd: the fsdaemon beside its baselines, in one run on this machine.
+ *   1. warm sequential read of a 256 MiB file whose chunks are in the disk cache, through FUSE,
+ *      vs `dd` of the same bytes from the cache file;
+ *   2. metadata walk (find printing size/mode/owner = an lstat per entry) over 10,000 files through
+ *      FUSE (cold and warm kernel caches) vs the same tree on the local filesystem;
+ *   3. cold read of the 256 MiB file through the registry source vs `curl` of the blob from the
+ *      same registry;
+ *   4. bytes fetched to run `python3 -c 'print("hello")'` from an image holding a Python runtime,
+ *      against the image's size.
+ * Usage (root): npm run bench:fsd [-- --size 256MiB --files 10000]
+ */
+import { execFile, execFileSync } from 'node:child_process'
+import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { cpus, tmpdir } from 'node:os'
+import { dirname, join } from 'node:path'
+import { promisify } from 'node:util'
+import { Writable } from 'node:stream'
+import { run } from '../../bin/program.ts'
+import { buildImage, patternBytes, pushImage } from '../../test/helpers/images.ts'
+import { startRegistry } from '../../test/helpers/registry.ts'
+import { startNaiad, type Daemon } from '../../test/helpers/daemon.ts'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
+import { parseSize } from '../../lib/config/index.ts'
+
+const exec = promisify(execFile)
+const args = process.argv.slice(2)
+const arg = (name: string, def: string): string => { const i = args.indexOf(name); return i >= 0 && args[i + 1] !== undefined ? args[i + 1]! : def }
+const SIZE = parseSize(arg('--size', '256MiB')) ?? 256 << 20
+const FILES = Number(arg('--files', '10000'))
+
+async function naiad (...argv: string[]): Promise<string> {
+  const out: string[] = []; const err: string[] = []
+  const w = (a: string[]): Writable => new Writable({ write (c, _e, cb) { a.push(String(c)); cb() } })
+  const code = await run(argv, { stdout: w(out), stderr: w(err) })
+  if (code !== 0) throw new Error(`naiad ${argv.join(' ')} failed: ${err.join('')}`)
+  return out.join('')
+}
+
+async function timed (cmd: string, argv: string[]): Promise<number> {
+  const t0 = process.hrtime.bigint()
+  await exec(cmd, argv, { maxBuffer: 1 << 30 })
+  return Number(process.hrtime.bigint() - t0) / 1e9
+}
+
+function dropCaches (): void {
+  try { writeFileSync('/proc/sys/vm/drop_caches', '3') } catch { /* not permitted: results include page cache */ }
+}
+
+async function main (): Promise<void> {
+  const work = mkdtempSync(join(tmpdir(), 'naiad-bench-fsd-'))
+  const reg = await startRegistry()
+  const daemons: Daemon[] = []
+  const rows: string[] = []
+  const row = (what: string, naiadS: string, base: string, baseS: string, ratio: string): void => { rows.push(`| ${what} | ${naiadS} | ${base} | ${baseS} | ${ratio} |`) }
+  try {
+    process.stderr.write(`building images in ${work} …\n`)
+    const big = buildImage({ workDir: join(work, 'big'), layers: [(r) => { writeFileSync(join(r, 'big.bin'), patternBytes(SIZE, 11)) }] })
+    const meta = buildImage({ workDir: join(work, 'meta'), layers: [(r) => {
+      for (let i = 0; i < FILES; i++) {
+        const d = join(r, `d${i % 100}`)
+        if (i < 100) mkdirSync(d)
+        writeFileSync(join(d, `f${i}.txt`), `file ${i}\n`)
+      }
+    }] })
+    const py = buildImage({ workDir: join(work, 'py'), layers: [(r) => {
+      for (const f of ['/usr/bin/python3.11', '/lib/x86_64-linux-gnu/libm.so.6', '/lib/x86_64-linux-gnu/libz.so.1', '/lib/x86_64-linux-gnu/libexpat.so.1', '/lib/x86_64-linux-gnu/libc.so.6', '/lib64/ld-linux-x86-64.so.2']) {
+        mkdirSync(dirname(join(r, f)), { recursive: true })
+        copyFileSync(f, join(r, f))
+      }
+      execFileSync('chmod', ['755', join(r, 'usr/bin/python3.11')])
+      cpSync('/usr/lib/python3.11', join(r, 'usr/lib/python3.11'), { recursive: true, filter: (s) => !s.includes('/test/') && !s.includes('__pycache__') })
+    }] })
+    for (const [img, name] of [[big, 'big'], [meta, 'meta'], [py, 'py']] as const) {
+      pushImage(img, reg.host, `bench/${name}:v1`)
+      await naiad('convert', '--source', `${reg.host}/bench/${name}:v1`, '--target', `${reg.host}/bench/${name}:nydus`)
+    }
+    const bigBlob = JSON.parse(await naiad('inspect', `${reg.host}/bench/big:nydus`, '--json')) as { blobs: Array<{ blobId: string, compressedSize: number, uncompressedSize: number }> }
+    const blob = bigBlob.blobs[0]!
+    const mib = SIZE / 2 ** 20
+
+    const fsd = async (name: string, image: string, extra: string[] = [], cache = join(work, `${name}-cache`)): Promise<{ d: Daemon, mnt: string, sock: string }> => {
+      const mnt = join(work, `${name}-mnt`)
+      const sock = join(work, `${name}.sock`)
+      const d = startNaiad(['fsd', '--image', image, '--mountpoint', mnt, '--cache-dir', cache, '--state-dir', join(work, `${name}-state`), '--socket', sock, '--log-level', 'warn', '--no-prefetch', ...extra])
+      daemons.push(d)
+      return { d, mnt, sock }
+    }
+    // the daemon logs at warn level: poll its control socket until the mount is listed
+    const ready = async (sock: string): Promise<void> => {
+      for (let i = 0; i < 200; i++) {
+        try { if ((await new FsdClient({ socketPath: sock }).list()).length > 0) return } catch { /* not yet */ }
+        await new Promise(resolve => setTimeout(resolve, 50))
+      }
+      throw new Error('fsd not ready')
+    }
+
+    // 3. cold read through the registry vs curl of the blob
+    {
+      dropCaches()
+      const curlS = await timed('curl', ['-s', '-o', '/dev/null', `${reg.url}/v2/bench/big/blobs/sha256:${blob.blobId}`])
+      const { d, mnt, sock } = await fsd('cold', `${reg.host}/bench/big:nydus`)
+      await ready(sock)
+      dropCaches()
+      const s = await timed('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M'])
+      row(`cold read ${mib} MiB through the registry source`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)`, `curl of the ${(blob.compressedSize / 2 ** 20).toFixed(0)} MiB blob`, `${curlS.toFixed(2)} s`, `${(curlS / s).toFixed(2)}×`)
+      await d.stop()
+    }
+    // 1. warm read: chunks in the disk cache (from the cold run), FUSE page cache empty
+    {
+      const cache = join(work, 'cold-cache')
+      const { d, mnt, sock } = await fsd('warm', `${reg.host}/bench/big:nydus`, [], cache)
+      await ready(sock)
+      const data = join(cache, `${blob.blobId}.blob.data`)
+      await timed('dd', [`if=${data}`, 'of=/dev/null', 'bs=1M']) // cache file into the page cache
+      const base = await timed('dd', [`if=${data}`, 'of=/dev/null', 'bs=1M'])
+      const s = await timed('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M'])
+      row(`warm sequential read ${mib} MiB (chunks cached on disk)`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)`, 'dd of the cache file', `${base.toFixed(2)} s (${(statSync(data).size / 2 ** 20 / base).toFixed(0)} MiB/s)`, `${(base / s).toFixed(2)}×`)
+      await d.stop()
+    }
+    // 2. metadata walk
+    {
+      const { d, mnt, sock } = await fsd('meta', `${reg.host}/bench/meta:nydus`)
+      await ready(sock)
+      const local = join(work, 'meta', 'layer0')
+      await timed('find', [local, '-printf', '%s %m %u\n'])
+      const base = await timed('find', [local, '-printf', '%s %m %u\n'])
+      const cold = await timed('find', [mnt, '-printf', '%s %m %u\n'])
+      const warm = await timed('find', [mnt, '-printf', '%s %m %u\n'])
+      row(`find + lstat over ${FILES} files, cold kernel caches`, `${(cold * 1000).toFixed(0)} ms`, 'local filesystem (warm)', `${(base * 1000).toFixed(0)} ms`, `${(base / cold).toFixed(2)}×`)
+      row(`find + lstat over ${FILES} files, warm kernel caches`, `${(warm * 1000).toFixed(0)} ms`, 'local filesystem (warm)', `${(base * 1000).toFixed(0)} ms`, `${(base / warm).toFixed(2)}×`)
+      await d.stop()
+    }
+    // 4. python hello: bytes fetched vs image size
+    {
+      const { d, mnt, sock } = await fsd('py', `${reg.host}/bench/py:nydus`)
+      await ready(sock)
+      const out = (await exec('chroot', [mnt, '/usr/bin/python3.11', '-c', 'import os, json; print("hello")'])).stdout.trim()
+      const info = (await new FsdClient({ socketPath: sock }).list())[0]!
+      const fetched = info.blobs.flatMap(b => Object.values(b.bytesFetched)).reduce((a, b) => a + b, 0)
+      const image = JSON.parse(await naiad('inspect', `${reg.host}/bench/py:nydus`, '--json')) as { blobs: Array<{ compressedSize: number, uncompressedSize: number }> }
+      const total = image.blobs.reduce((a, b) => a + b.compressedSize, 0)
+      const unc = image.blobs.reduce((a, b) => a + b.uncompressedSize, 0)
+      row(`python3 -c 'print("hello")' (printed "${out}")`, `${(fetched / 2 ** 20).toFixed(1)} MiB fetched`, 'image data blobs (compressed / uncompressed)', `${(total / 2 ** 20).toFixed(1)} / ${(unc / 2 ** 20).toFixed(1)} MiB`, `${(100 * fetched / total).toFixed(1)}% of the image`)
+      await d.stop()
+    }
+    const out = [
+      `machine: ${cpus().length} × ${cpus()[0]?.model ?? '?'}, node ${process.version}, kernel ${readFileSync('/proc/sys/kernel/osrelease', 'utf8').trim()}`,
+      '',
+      '| workload | naiad | baseline | baseline result | naiad vs baseline |',
+      '|---|---|---|---|---|',
+      ...rows
+    ]
+    process.stdout.write(out.join('\n') + '\n')
+  } finally {
+    for (const d of daemons) await d.stop(5000).catch(() => {})
+    await reg.stop()
+    rmSync(work, { recursive: true, force: true })
+  }
+}
+
+await main()
