@@ -3,6 +3,7 @@
  * table, chunk dict, inspect, and adversarial layers that must fail with their documented codes
  * and leave nothing behind the target tag.
  */
+import { createHash } from 'node:crypto'
 import { existsSync, mkdtempSync, readFileSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
@@ -124,6 +125,26 @@ describe('naiad convert features', () => {
     expect(c.code).not.toBe(0)
     expect(c.err).toContain(code)
     expect(c.err).toContain('hint:')
+    expect(tags(join(work, 'out'))).not.toContain('bad')
+  })
+
+  it('rejects a layer with an unknown media type (NAIAD_OCI_UNSUPPORTED_MEDIA_TYPE) and tags nothing', async () => {
+    const work = mkdtempSync(join(tmpdir(), 'naiad-mt-'))
+    const img = imageFromTar({ workDir: work, tar: rawTar([{ name: 'f', data: Buffer.from('x') }]) })
+    // rewrite the manifest: its layer claims to be a Windows foreign layer of an unknown kind
+    const idx = JSON.parse(readFileSync(join(img.layout, 'index.json'), 'utf8')) as { manifests: Array<{ digest: string, size: number }> }
+    const blob = (d: string): string => join(img.layout, 'blobs', 'sha256', d.slice(7))
+    const manifest = JSON.parse(readFileSync(blob(idx.manifests[0]!.digest), 'utf8')) as { layers: Array<{ mediaType: string }> }
+    manifest.layers[0]!.mediaType = 'application/vnd.example.layer.squashfs'
+    const bytes = Buffer.from(JSON.stringify(manifest))
+    const digest = 'sha256:' + createHash('sha256').update(bytes).digest('hex')
+    writeFileSync(blob(digest), bytes)
+    idx.manifests[0]!.digest = digest
+    idx.manifests[0]!.size = bytes.length
+    writeFileSync(join(img.layout, 'index.json'), JSON.stringify(idx))
+    const c = await naiad('convert', '--source', img.ref, '--target', `oci:${join(work, 'out')}:bad`)
+    expect(c.err).toContain('NAIAD_OCI_UNSUPPORTED_MEDIA_TYPE')
+    expect(c.err).toContain('squashfs')
     expect(tags(join(work, 'out'))).not.toContain('bad')
   })
 

@@ -171,6 +171,35 @@ describe('fsdaemon against a real registry', () => {
     expect(mounted(second.mnt)).toBe(false)
   })
 
+  it('prefetch: the files of the prefetch table are fetched in the background after mounting', async () => {
+    const patterns = join(work, 'patterns')
+    writeFileSync(patterns, '/small.txt\n/big.bin\n')
+    expect((await naiad('convert', '--source', `${reg.host}/app/lazy:v1`, '--target', `${reg.host}/app/lazy:prefetch`, '--prefetch-patterns', patterns)).code).toBe(0)
+    const sock = join(work, 'pf', 'fsd.sock')
+    const d = startNaiad(['fsd', '--socket', sock, '--cache-dir', join(work, 'pf-cache'), '--state-dir', join(work, 'pf-state'), '--log-level', 'info'])
+    daemons.push(d)
+    await d.waitFor('ready')
+    const client = new FsdClient({ socketPath: sock })
+    const mnt = join(work, 'pf-mnt')
+    await client.mount({ mountpoint: mnt, image: `${proxy.host}/app/lazy:prefetch` })
+    let info = (await client.list())[0]!
+    for (let i = 0; i < 200 && info.prefetch.state !== 'done'; i++) {
+      await new Promise(resolve => setTimeout(resolve, 100))
+      info = (await client.list())[0]!
+    }
+    expect(info.prefetch.state).toBe('done')
+    expect(info.prefetch.chunksTotal).toBe(65) // 64 chunks of big.bin + small.txt's one
+    expect(info.reads).toBe(0)
+    const ready = info.blobs.reduce((n, b) => n + b.readyChunks, 0)
+    expect(ready).toBe(65)
+    // reading now costs the registry nothing
+    proxy.reset()
+    await exec('sha256sum', [join(mnt, 'big.bin')])
+    expect(proxy.requests().filter(r => r.path.includes('/blobs/'))).toEqual([])
+    await client.unmount(mnt)
+    await d.stop()
+  })
+
   it('daemon mode: the control socket mounts, lists with per-blob statistics, serves metrics, unmounts', async () => {
     const sock = join(work, 'ctl', 'fsd.sock')
     const d = startNaiad(['fsd', '--socket', sock, '--cache-dir', join(work, 'ctl-cache'), '--state-dir', join(work, 'ctl-state'), '--log-level', 'info'])
