@@ -2,6 +2,7 @@ import { readFileSync } from 'node:fs'
 import { Command, CommanderError } from 'commander'
 import { registerConverterCommands, type Io } from '../converter/cli.ts'
 import { registerP2pCommands } from '../p2p/cli.ts'
+import { registerFsdCommands } from '../fsdaemon/cli.ts'
 
 function version (): string {
   try {
@@ -24,6 +25,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
     })
   registerConverterCommands(program, io, (c) => { code = c })
   registerP2pCommands(program, io, (c) => { code = c })
+  registerFsdCommands(program, io, (c) => { code = c })
   for (const c of program.commands) c.exitOverride()
   try {
     await program.parseAsync(argv, { from: 'user' })
