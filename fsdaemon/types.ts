@@ -14,6 +14,7 @@
  *   into one Range request), verifies every chunk against its digest, and serves reads.
  */
 import type { BlobInfo, ChunkRef } from '../lib/format/types.ts'
+import type { BlobStats } from '../lib/fsdapi/index.ts'
 
 export type FetchPriority = 'ondemand' | 'prefetch'
 
@@ -52,19 +53,8 @@ export interface ChunkFetcher {
   fetchRange (blobId: string, start: number, end: number, opts?: FetchOptions & { exclude?: ReadonlySet<string> }): Promise<FetchResult>
 }
 
-export interface BlobCacheStats {
-  blobId: string
-  chunks: number
-  readyChunks: number
-  /** Bytes fetched per source name. */
-  bytesFetched: Record<string, number>
-  /** Chunk reads served from the cache without fetching. */
-  cacheHits: number
-  /** Chunks fetched and verified against their digest. */
-  chunksVerified: number
-  /** Chunks that failed verification (and were fetched again elsewhere). */
-  digestFailures: number
-}
+/** A blob cache's counters: the same shape the control API reports per blob. */
+export type BlobCacheStats = BlobStats
 
 export interface ChunkReader {
   /**

@@ -113,23 +113,8 @@ export function digesterFlag (d: ChunkDigester): number {
   return d === 'blake3' ? RAFS_FLAG.HASH_BLAKE3 : RAFS_FLAG.HASH_SHA256
 }
 
-/** Blob feature bits (BlobFeatures in nydus storage/src/device.rs) that the bootstrap code looks at. */
-export const BLOB_FEATURE = Object.freeze({
-  ALIGNED: 0x1,
-  INLINED_FS_META: 0x2,
-  CHUNK_INFO_V2: 0x4,
-  ZRAN: 0x8,
-  SEPARATE: 0x10,
-  INLINED_CHUNK_DIGEST: 0x20,
-  TARFS: 0x40,
-  BATCH: 0x80,
-  ENCRYPTED: 0x100,
-  IS_CHUNKDICT_GENERATED: 0x200,
-  EXTERNAL: 0x800,
-  HAS_TAR_HEADER: 0x10000000,
-  HAS_TOC: 0x20000000,
-  CAP_TAR_TOC: 0x40000000
-} as const)
+/** Blob feature bits: one table for the bootstrap and the blob code (blobfmt.ts). */
+export { BLOB_FEATURE } from './blobfmt.ts'
 
 /** Chunk flags in the 80-byte chunk-info record (BlobChunkFlags). */
 export const CHUNK_FLAG = Object.freeze({ COMPRESSED: 0x1, HOLE: 0x2, ENCRYPTED: 0x4, BATCH: 0x8, HAS_CRC32: 0x10 } as const)
