@@ -36,6 +36,7 @@ import type { BlobCacheStats, ChunkFetcher, ChunkReader, FetchOptions, FetchPrio
 import { abortReason, checkBlobId, describeError, raceSignal } from '../fetch/util.ts'
 import { CHUNK_MAP_HEADER_SIZE, bitmapBytes, chunkMapSize, clearBit, decodeChunkMap, encodeChunkMapHeader, popcount, setBit, testBit } from './chunk-map.ts'
 import { planRequests, type RangeRequest } from './merge.ts'
+import { preadFully } from '../../lib/io/index.ts'
 
 export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 
@@ -345,19 +346,14 @@ export class BlobCache implements ChunkReader {
   private async pread (position: number, length: number): Promise<Buffer | undefined> {
     const fh = this.dataFh as FileHandle
     const buf = Buffer.allocUnsafe(length)
-    let got = 0
-    while (got < length) {
-      let n: number
-      try {
-        n = (await fh.read(buf, got, length - got, position + got)).bytesRead
-      } catch (err) {
-        if (this.state !== 'open') throw this.closedError()
-        throw ioError('read cache file', this.dataPath, err)
-      }
-      if (n === 0) return undefined
-      got += n
+    let got: number
+    try {
+      got = await preadFully(fh, buf, position)
+    } catch (err) {
+      if (this.state !== 'open') throw this.closedError()
+      throw ioError('read cache file', this.dataPath, err)
     }
-    return buf
+    return got === length ? buf : undefined
   }
 
   private forget (index: number, reason: string): void {

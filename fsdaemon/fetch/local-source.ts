@@ -5,6 +5,7 @@
  */
 import { open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
+import { preadFully } from '../../lib/io/index.ts'
 import { NaiadError, ioError, throwIfAborted } from '../../lib/errors/index.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import type { FetchOptions, RangeSource } from '../types.ts'
@@ -80,18 +81,14 @@ export class LocalDirRangeSource implements RangeSource {
     }
     const length = end - start + 1
     const buf = Buffer.allocUnsafe(length)
-    let got = 0
-    while (got < length) {
-      let n: number
-      try {
-        n = (await fh.read(buf, got, length - got, start + got)).bytesRead
-      } catch (err) {
-        if (this.closed) throw new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`)
-        throw ioError('read blob', path, err)
-      }
-      if (n === 0) throw new NaiadError('NAIAD_FMT_TRUNCATED', `blob ${blobId}: ${path} ended at ${start + got}, expected bytes up to ${end}`)
-      got += n
+    let got: number
+    try {
+      got = await preadFully(fh, buf, start)
+    } catch (err) {
+      if (this.closed) throw new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`)
+      throw ioError('read blob', path, err)
     }
+    if (got !== length) throw new NaiadError('NAIAD_FMT_TRUNCATED', `blob ${blobId}: ${path} ended at ${start + got}, expected bytes up to ${end}`)
     return buf
   }
 

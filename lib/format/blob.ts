@@ -17,6 +17,7 @@
  * through the tar headers), checks every offset and size against the file size, and never returns
  * chunk bytes that fail decompression or their digest.
  */
+import { preadFully } from '../io/index.ts'
 import { createHash } from 'node:crypto'
 import { open, rm, type FileHandle } from 'node:fs/promises'
 import { createRequire } from 'node:module'
@@ -1101,17 +1102,13 @@ export async function fileBlobSource (path: string): Promise<FileBlobSource> {
       }
       if (offset + length > size) throw new NaiadError('NAIAD_FMT_TRUNCATED', `read of ${length} bytes at ${offset} is beyond the end of ${path} (${size} bytes)`)
       const buf = Buffer.allocUnsafe(length)
-      let got = 0
-      while (got < length) {
-        let n: number
-        try {
-          n = (await fh.read(buf, got, length - got, offset + got)).bytesRead
-        } catch (err) {
-          throw ioError('read blob', path, err)
-        }
-        if (n === 0) throw new NaiadError('NAIAD_FMT_TRUNCATED', `${path} ended at ${offset + got}, expected ${length} bytes at ${offset}`)
-        got += n
+      let got: number
+      try {
+        got = await preadFully(fh, buf, offset)
+      } catch (err) {
+        throw ioError('read blob', path, err)
       }
+      if (got !== length) throw new NaiadError('NAIAD_FMT_TRUNCATED', `${path} ended at ${offset + got}, expected ${length} bytes at ${offset}`)
       return buf
     },
     close,
