@@ -88,6 +88,17 @@ export const CODES = {
   NAIAD_P2P_PREHEAT_FAILED: { kind: 'Unavailable', summary: 'preheating an image on the seed peers failed', hint: 'the message names the blob and the seed; check that seed peers run with --seed and can reach the registry' },
   NAIAD_P2P_NO_SEEDS: { kind: 'FailedPrecondition', summary: 'the scheduler knows no seed peers to preheat', hint: 'start `naiad peer --seed` on the seed hosts, or name peers with --peer' },
 
+  // snapshotter (containerd proxy snapshotter)
+  NAIAD_SNAP_NOT_FOUND: { kind: 'NotFound', summary: 'the snapshot (or its parent) does not exist', hint: 'containerd treats this as "not here"; list snapshots with `ctr snapshots --snapshotter nydus ls`' },
+  NAIAD_SNAP_ALREADY_EXISTS: { kind: 'AlreadyExists', summary: 'a snapshot with this key already exists', hint: 'keys are unique across active, view and committed snapshots; remove the old one or pick another key' },
+  NAIAD_SNAP_NOT_ACTIVE: { kind: 'FailedPrecondition', summary: 'the operation needs an active snapshot (commit) or a non-committed one (mounts)', hint: 'views cannot be committed and committed snapshots have no mounts; prepare or view on top of them instead' },
+  NAIAD_SNAP_HAS_CHILDREN: { kind: 'FailedPrecondition', summary: 'the snapshot still has children and cannot be removed', hint: 'remove the children first; containerd\'s garbage collector does this children first' },
+  NAIAD_SNAP_PARENT_NOT_COMMITTED: { kind: 'InvalidArgument', summary: 'the parent of a new snapshot is not committed', hint: 'only committed snapshots can be parents; commit the active snapshot first' },
+  NAIAD_SNAP_INVALID_ARGUMENT: { kind: 'InvalidArgument', summary: 'a snapshot key, label, filter or update field path is invalid', hint: 'the message names the field; labels are limited to 4096 bytes (key + value) and updates accept only `labels` and `labels.<key>`' },
+  NAIAD_SNAP_STORE: { kind: 'DataLoss', summary: 'the snapshotter metadata database is unreadable or inconsistent', hint: 'the message names the database file and the SQLite error; restore it from a backup or move it away and let containerd re-pull' },
+  NAIAD_SNAP_SOCKET: { kind: 'InvalidArgument', summary: 'the snapshotter cannot listen on its Unix socket', hint: 'the path must be shorter than 108 bytes and its directory writable; another snapshotter may be running' },
+  NAIAD_SNAP_UNAVAILABLE: { kind: 'Unavailable', summary: 'the snapshotter could not be reached over its socket', hint: 'check that `naiad snapshotter` runs and the socket path is the one containerd (proxy_plugins) uses' },
+
   // generic
   NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
   NAIAD_CLOSED: { kind: 'FailedPrecondition', summary: 'the component was already closed', hint: 'this is a bug in the caller' },

@@ -1,0 +1,34 @@
+/**
+ * Snapshot label keys naiad reads or writes, and label validation. containerd forwards only keys
+ * `containerd.io/snapshot.ref` and `containerd.io/snapshot/*` to a proxy snapshotter, so every key
+ * of ours must start with `containerd.io/snapshot/`.
+ */
+import { NaiadError } from '../lib/errors/index.ts'
+import type { Labels } from './snapshotter.ts'
+
+/** Set by containerd's unpacker on Prepare: the ChainID the layer will be committed as. */
+export const LABEL_SNAPSHOT_REF = 'containerd.io/snapshot.ref'
+/** Layer annotation (forwarded as label) of a Nydus data blob layer. */
+export const LABEL_NYDUS_BLOB = 'containerd.io/snapshot/nydus-blob'
+/** Layer annotation (forwarded as label) of the Nydus bootstrap layer. */
+export const LABEL_NYDUS_BOOTSTRAP = 'containerd.io/snapshot/nydus-bootstrap'
+/** Set by CRI (AppendInfoHandlerWrapper): the image reference, for registry access. */
+export const LABEL_CRI_IMAGE_REF = 'containerd.io/snapshot/cri.image-ref'
+/** Set by CRI: the layer digest. */
+export const LABEL_CRI_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest'
+
+/** containerd's limit (labels/validate.go): key plus value at most 4096 bytes. */
+export const MAX_LABEL_BYTES = 4096
+
+export function validateLabels (labels: Labels | undefined): Record<string, string> {
+  const out: Record<string, string> = {}
+  if (labels === undefined) return out
+  for (const [k, v] of Object.entries(labels)) {
+    if (k === '') throw new NaiadError('NAIAD_SNAP_INVALID_ARGUMENT', 'label key must not be empty')
+    if (typeof v !== 'string') throw new NaiadError('NAIAD_SNAP_INVALID_ARGUMENT', `label ${k}: value must be a string`)
+    const n = Buffer.byteLength(k) + Buffer.byteLength(v)
+    if (n > MAX_LABEL_BYTES) throw new NaiadError('NAIAD_SNAP_INVALID_ARGUMENT', `label ${k}: key and value are ${n} bytes, more than ${MAX_LABEL_BYTES}`)
+    out[k] = v
+  }
+  return out
+}
