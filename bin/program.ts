@@ -3,6 +3,7 @@ import { Command, CommanderError } from 'commander'
 import { registerConverterCommands, type Io } from '../converter/cli.ts'
 import { registerP2pCommands } from '../p2p/cli.ts'
 import { registerFsdCommands } from '../fsdaemon/cli.ts'
+import { registerSnapshotterCommands } from '../snapshotter/cli.ts'
 
 function version (): string {
   try {
@@ -26,6 +27,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
   registerConverterCommands(program, io, (c) => { code = c })
   registerP2pCommands(program, io, (c) => { code = c })
   registerFsdCommands(program, io, (c) => { code = c })
+  registerSnapshotterCommands(program, io, (c) => { code = c })
   for (const c of program.commands) c.exitOverride()
   try {
     await program.parseAsync(argv, { from: 'user' })
