@@ -8,7 +8,7 @@
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
 import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
-import { writeFileSync } from 'node:fs'
+import { chmodSync, copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -46,6 +46,7 @@ describe.skipIf(!ready)('snapshotter as containerd 1.6 proxy plugin', () => {
   let containerdLog = ''
   let registry: RunningRegistry | undefined
   let client: SnapshotsClient | undefined
+  let imageRef = ''
   const sock = (): string => join(base, 'c.sock')
   const snapSock = (): string => join(base, 'snap.sock')
   const ctr = async (...args: string[]): Promise<string> => {
@@ -134,7 +135,14 @@ describe.skipIf(!ready)('snapshotter as containerd 1.6 proxy plugin', () => {
     const img = buildImage({
       workDir: join(base, 'img'),
       layers: [
-        (root) => { writeFileSync(join(root, 'a.txt'), 'layer one\n'); writeFileSync(join(root, 'gone.txt'), 'to be deleted\n') },
+        (root) => {
+          mkdirSync(join(root, 'bin'))
+          copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'))
+          chmodSync(join(root, 'bin', 'busybox'), 0o755)
+          for (const l of ['sh', 'cat', 'ls']) symlinkSync('busybox', join(root, 'bin', l))
+          writeFileSync(join(root, 'a.txt'), 'layer one\n')
+          writeFileSync(join(root, 'gone.txt'), 'to be deleted\n')
+        },
         (root) => { writeFileSync(join(root, 'b.txt'), 'layer two\n'); writeFileSync(join(root, '.wh.gone.txt'), '') },
         (root) => { writeFileSync(join(root, 'a.txt'), 'layer three wins\n') }
       ]
@@ -156,12 +164,23 @@ describe.skipIf(!ready)('snapshotter as containerd 1.6 proxy plugin', () => {
     await mkdir(mnt)
     await mountAll(await client!.mounts('naiad-check'), mnt)
     try {
-      expect((await readdir(mnt)).sort()).toEqual(['a.txt', 'b.txt'])
+      expect((await readdir(mnt)).sort()).toEqual(['a.txt', 'b.txt', 'bin'])
       expect(await readFile(join(mnt, 'a.txt'), 'utf8')).toBe('layer three wins\n')
       expect(await readFile(join(mnt, 'b.txt'), 'utf8')).toBe('layer two\n')
     } finally {
       await unmountAll(mnt)
     }
     await client!.remove('naiad-check')
+    imageRef = ref
+  })
+
+  it('ctr run --snapshotter nydus runs a container on our overlay snapshot', async () => {
+    expect(imageRef).not.toBe('')
+    const out = await ctr('run', '--rm', '--snapshotter', 'nydus', imageRef, 'naiad-run-1', '/bin/sh', '-c', 'cat /a.txt /b.txt; ls /; echo written > /new.txt; cat /new.txt')
+    expect(out).toContain('layer three wins\nlayer two\n')
+    expect(out).not.toContain('gone.txt')
+    expect(out).toContain('written')
+    // the container's active snapshot was removed with the container (GC reaches the backend)
+    await waitUntil('container snapshot GC', async () => (await collect(client!.walk())).every((i) => i.kind === 'committed'))
   })
 })
