@@ -7,7 +7,7 @@
  */
 import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import { existsSync, readFileSync } from 'node:fs'
-import { mkdir, mkdtemp, readFile, readdir, rm, writeFile } from 'node:fs/promises'
+import { mkdir, mkdtemp, readFile, readdir, rm, rmdir, writeFile } from 'node:fs/promises'
 import { chmodSync, copyFileSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
@@ -106,6 +106,8 @@ describe.skipIf(!ready)('snapshotter as containerd 1.6 proxy plugin', () => {
       for (const m of mounts) await run('umount', ['-l', m]).catch(() => {})
       await rm(base, { recursive: true, force: true })
     }
+    // runc keeps per-namespace state under /run/containerd/runc whatever containerd's state dir is
+    await rmdir('/run/containerd/runc/naiadtest').catch(() => {})
   })
 
   it('ctr snapshots prepare/commit/ls/rm go through our socket; GC removes backend snapshots', async () => {
