@@ -124,6 +124,8 @@ export function registerP2pCommands (program: Command, io: Io, setExit: (code: n
         metricsListen: config.metrics.listen,
         candidateParents: sc.candidate_parents,
         originBudgetPerPiece: sc.origin_budget_per_piece,
+        originPermitsPerPeer: sc.origin_permits_per_peer,
+        originConcurrencyPerTask: sc.origin_concurrency_per_task,
         permitTimeoutMs: sc.permit_timeout,
         blocklistTtlMs: sc.blocklist_ttl,
         failureThreshold: sc.failure_threshold,

@@ -33,12 +33,12 @@ export const peerConfigSchema = s.object({
     listen: s.string({ default: '0.0.0.0:65002', pattern: LISTEN_RE, description: 'upload server other peers fetch pieces from (`host:port`)' }),
     port: s.integer({ min: 0, max: 65535, default: 0, description: 'port advertised to the scheduler (default: the listen port)' }),
     rate_limit: s.size({ default: '0', description: 'upload bandwidth limit in bytes per second across all uploads (0: unlimited)' }),
-    max_concurrent: s.integer({ min: 1, max: 1024, default: 4, description: 'piece uploads served at once; more get 503 and try another parent' })
+    max_concurrent: s.integer({ min: 1, max: 1024, default: 2, description: 'piece uploads served at once (the scheduler assigns at most this many children); 1 gives the lowest latency for new pieces on slow links' })
   }, { description: 'serving pieces to other peers' }),
   download: s.object({
     piece_length: s.size({ default: `${DEFAULT_PIECE_LENGTH / 1024 / 1024}MiB`, min: MIN_PIECE_LENGTH, max: MAX_PIECE_LENGTH, powerOfTwo: true, description: 'piece length, a power of two; must be the same on every peer of a cluster (it is part of the task id)' }),
-    concurrent_pieces: s.integer({ min: 1, max: 256, default: 8, description: 'pieces fetched at once per task' }),
-    read_ahead_pieces: s.integer({ min: 0, max: 1024, default: 2, description: 'pieces fetched after the last piece a Range request overlaps' }),
+    concurrent_pieces: s.integer({ min: 1, max: 256, default: 4, description: 'piece transfers at once per blob (read-ahead and prefetch wait while an on-demand transfer runs)' }),
+    read_ahead_pieces: s.integer({ min: 0, max: 1024, default: 4, description: 'pieces fetched after the last piece a Range request overlaps' }),
     prefetch: s.boolean({ default: false, description: 'on the first request for a blob, fetch the whole blob in the background' }),
     piece_timeout: s.duration({ default: '30s', min: 100, description: 'a piece transfer that receives no bytes for this long fails and is retried elsewhere' }),
     wait_timeout: s.duration({ default: '30s', min: 100, description: 'how long to wait for the scheduler to assign a piece before asking again' }),
@@ -88,6 +88,8 @@ export const schedulerConfigSchema = s.object({
   scheduling: s.object({
     candidate_parents: s.integer({ min: 1, max: 20, default: 3, description: 'parents offered per piece, best first' }),
     origin_budget_per_piece: s.integer({ min: 1, max: 1000, default: 1, description: 'concurrent origin fetches of one piece cluster-wide' }),
+    origin_permits_per_peer: s.integer({ min: 1, max: 1000, default: 2, description: 'concurrent origin fetches one download may hold, so the first fetches of a blob spread over the peers asking for it' }),
+    origin_concurrency_per_task: s.integer({ min: 1, max: 10000, default: 2, description: 'concurrent origin fetches of one blob cluster-wide (fewer, faster streams deliver pieces in the order readers need them)' }),
     permit_timeout: s.duration({ default: '2m', min: 100, description: 'an origin permit not reported within this is given to another peer' }),
     blocklist_ttl: s.duration({ default: '10m', min: 100, description: 'how long a parent that served a corrupt piece (or failed too often) is avoided cluster-wide' }),
     failure_threshold: s.integer({ min: 1, max: 1000, default: 3, description: 'transport failures within failure_window that blocklist a parent' }),

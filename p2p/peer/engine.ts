@@ -4,8 +4,10 @@
  * as they arrive.
  *
  * - A reader (`read`) asks for bytes [first, last]; only the overlapping pieces (plus
- *   `readAheadPieces`) are fetched, at most `concurrentPieces` at once per task, on-demand pieces
- *   before read-ahead before prefetch.
+ *   `readAheadPieces`) are fetched, at most `concurrentPieces` transfers at once per task, on-demand
+ *   pieces before read-ahead before prefetch. Up to four times as many pieces may be waiting for an
+ *   assignment from the scheduler: a piece waiting for a busy parent does not hold a transfer slot,
+ *   so the origin and idle parents keep being used meanwhile.
  * - A piece being fetched lives in a buffer whose readable prefix (`avail`) grows as bytes arrive:
  *   origin bytes as soon as they arrive, parent bytes one 256 KiB block at a time after the block
  *   matched its recorded sha256. So a reader's first byte never waits for a whole piece, and bytes
@@ -64,12 +66,25 @@ export interface EngineDeps {
   dispatcher?: Dispatcher
 }
 
+/** A piece being received, as the upload server sees it to relay its final prefix. */
+export interface InflightPiece {
+  readonly length: number
+  readonly buf: Buffer | undefined
+  readonly avail: number
+  readonly done: boolean
+  readonly error: unknown
+  changed (signal?: AbortSignal): Promise<void>
+}
+
 /** A piece being fetched: a buffer whose prefix `[0, avail)` is final. */
-class PieceSlot {
+class PieceSlot implements InflightPiece {
   buf: Buffer | undefined
   avail = 0
   done = false
   error: unknown
+  /** Time spent waiting for assignments and for a transfer slot (diagnostics). */
+  planMs = 0
+  slotMs = 0
   private waiters: Array<() => void> = []
   constructor (readonly number: number, readonly length: number) {}
 
@@ -102,6 +117,8 @@ class Task {
   ctx: OriginContext | undefined
   readonly slots = new Map<number, PieceSlot>()
   readonly queued = new Map<number, number>()
+  /** Priority each piece was last asked for. */
+  readonly prio = new Map<number, number>()
   readonly running = new Set<number>()
   readonly assignWaiters = new Map<number, AssignWaiter>()
   session: TaskStream | undefined
@@ -113,6 +130,12 @@ class Task {
   lingerTimer: NodeJS.Timeout | undefined
   prefetching = false
   lastError: unknown
+  /** Transfers in progress and pieces waiting for a transfer slot (priority, then number). */
+  transfers = 0
+  /** On-demand transfers running. */
+  urgent = 0
+  readonly slotWaiters: Array<{ n: number, prio: number, go: () => void }> = []
+  readonly gateWaiters: Array<() => void> = []
   constructor (readonly id: TaskId, readonly digest: Digest, readonly pieceLength: number) {}
 }
 
@@ -135,6 +158,10 @@ export interface TaskStatus {
   downloading: boolean
   error?: string
 }
+
+type Fetched = { source: 'origin' | 'peer', digest: PieceDigest, parent?: string, costMs: number }
+
+const FINAL_ORIGIN_ERRORS = new Set<string>(['NAIAD_REG_NOT_FOUND', 'NAIAD_REG_UNAUTHORIZED', 'NAIAD_REG_DENIED', 'NAIAD_P2P_ORIGIN_NOT_ALLOWED', 'NAIAD_CLOSED'])
 
 class PieceError extends Error {
   constructor (readonly reason: FailureReason, message: string, cause?: unknown) { super(message, cause === undefined ? undefined : { cause }) }
@@ -338,6 +365,9 @@ export class DownloadEngine {
   private ensure (task: Task, n: number, prio: Priority): void {
     if (this.closed || this.deps.store.has(task.id, n)) return
     const p = PRIO[prio]
+    const before = task.prio.get(n)
+    task.prio.set(n, Math.min(p, before ?? p))
+    if (before !== undefined && p < before) this.wakeGate(task)
     if (task.running.has(n)) return
     const q = task.queued.get(n)
     if (q !== undefined) {
@@ -351,7 +381,7 @@ export class DownloadEngine {
   }
 
   private pumpQueue (task: Task): void {
-    while (task.running.size < this.options.concurrentPieces && task.queued.size > 0) {
+    while (task.running.size < this.options.concurrentPieces * 4 && task.queued.size > 0) {
       let best = -1
       let bestP = Infinity
       for (const [n, p] of task.queued) if (p < bestP || (p === bestP && n < best)) { best = n; bestP = p }
@@ -360,6 +390,7 @@ export class DownloadEngine {
       this.deps.store.pin(task.id)
       void this.runPiece(task, best).finally(() => {
         task.running.delete(best)
+        task.prio.delete(best)
         this.deps.store.unpin(task.id)
         this.pumpQueue(task)
         this.maybeIdle(task)
@@ -378,6 +409,7 @@ export class DownloadEngine {
       slot.buf ??= Buffer.allocUnsafe(slot.length)
       const got = await this.fetchPiece(task, slot)
       const seconds = (Date.now() - started) / 1000
+      this.log.debug({ taskId: task.id, pieceNum: n, source: got.source, parent: got.parent, durationMs: Date.now() - started, transferMs: got.costMs, planMs: slot.planMs, slotMs: slot.slotMs }, 'piece fetched')
       this.metrics?.pieces.inc({ source: got.source })
       this.metrics?.pieceSeconds.observe({ source: got.source }, seconds)
       let stored = false
@@ -405,74 +437,140 @@ export class DownloadEngine {
     }
   }
 
+  /** Waits for one of the task's `concurrentPieces` transfer slots; returns its release. */
+  private async transferSlot (task: Task, n: number): Promise<() => void> {
+    const urgent = this.priorityOf(task, n) === 'ondemand'
+    if (task.transfers >= this.options.concurrentPieces) {
+      const prio = PRIO[this.priorityOf(task, n)]
+      await new Promise<void>(resolve => {
+        task.slotWaiters.push({ n, prio, go: resolve })
+        task.slotWaiters.sort((x, y) => x.prio - y.prio || x.n - y.n)
+      })
+    } else {
+      task.transfers++
+    }
+    if (urgent) task.urgent++
+    let done = false
+    return () => {
+      if (done) return
+      done = true
+      if (urgent) task.urgent--
+      const next = task.slotWaiters.shift()
+      if (next !== undefined) next.go()
+      else task.transfers--
+      this.wakeGate(task)
+    }
+  }
+
+  /**
+   * Read-ahead and prefetch pieces start only while no on-demand transfer of the task runs, so
+   * they do not split the bandwidth a reader is waiting on (a reader's next piece arrives at full
+   * speed, and can be relayed at full speed). On-demand pieces pass at once.
+   */
+  private async gate (task: Task, n: number): Promise<void> {
+    while (this.priorityOf(task, n) !== 'ondemand' && (task.urgent > 0 || task.transfers >= this.options.concurrentPieces) && !this.closed) {
+      await new Promise<void>(resolve => { task.gateWaiters.push(resolve) })
+    }
+  }
+
+  private wakeGate (task: Task): void {
+    const ws = task.gateWaiters.splice(0)
+    for (const w of ws) w()
+  }
+
+  private priorityOf (task: Task, n: number): Priority {
+    const p = task.prio.get(n) ?? 2
+    return p === 0 ? 'ondemand' : p === 1 ? 'readahead' : 'prefetch'
+  }
+
   /** One piece, with retries over parents and the origin. */
-  private async fetchPiece (task: Task, slot: PieceSlot): Promise<{ source: 'origin' | 'peer', digest: PieceDigest, parent?: string, costMs: number }> {
+  private async fetchPiece (task: Task, slot: PieceSlot): Promise<Fetched> {
     const n = slot.number
     const skip = new Set<string>()
-    let lastErr: unknown
+    const state: { lastErr: unknown } = { lastErr: undefined }
     for (let attempt = 1; attempt <= this.options.maxAttempts; attempt++) {
       if (this.closed) throw new NaiadError('NAIAD_ABORTED', 'the peer is shutting down')
+      const t0 = Date.now()
+      await this.gate(task, n)
       const plan = await this.plan(task, n)
-      if (plan.kind === 'origin') {
-        const t0 = Date.now()
-        try {
-          await this.fetchFromOrigin(task, slot)
-          this.metrics?.backToSource.inc({ reason: plan.reason })
-          return { source: 'origin', digest: computePieceDigest(n, slot.buf as Buffer, task.pieceLength), costMs: Date.now() - t0 }
-        } catch (err) {
-          lastErr = err
-          task.session?.failed({ number: n, parentHostId: '', reason: 'origin', description: errText(err) })
-          if (isNaiadError(err) && (err.code === 'NAIAD_REG_NOT_FOUND' || err.code === 'NAIAD_REG_UNAUTHORIZED' || err.code === 'NAIAD_REG_DENIED' || err.code === 'NAIAD_P2P_ORIGIN_NOT_ALLOWED' || err.code === 'NAIAD_CLOSED')) throw err
-          this.log.debug({ err, taskId: task.id, pieceNum: n, attempt }, 'origin fetch failed')
-          await sleep(Math.min(2000, 100 * 2 ** attempt), undefined, { signal: this.ac.signal }).catch(() => {})
-          continue
-        }
+      const t1 = Date.now()
+      const release = await this.transferSlot(task, n)
+      slot.planMs += t1 - t0
+      slot.slotMs += Date.now() - t1
+      let outcome: Fetched | 'failed' | 'again'
+      try {
+        outcome = plan.kind === 'origin' ? await this.tryOrigin(task, slot, plan.reason, state) : await this.tryParents(task, slot, plan, skip, state)
+      } finally {
+        release()
       }
-      const candidates = this.orderParents(plan.parents.filter(p => !skip.has(p.id)))
-      let allBusy = candidates.length > 0
-      if (candidates.length === 0) {
-        // Every parent offered already failed this piece: release the reservation and ask again.
-        for (const p of plan.parents) task.session?.failed({ number: n, parentHostId: p.id, reason: 'busy', description: 'skipped' })
+      if (outcome === 'again') {
+        // Every parent offered was busy or already failed this piece: ask again shortly, without
+        // counting it as a try.
         attempt--
-        await sleep(50 + Math.random() * 100)
         if (skip.size >= 16) skip.clear()
+        await sleep(30 + Math.random() * 120)
         continue
       }
-      for (const p of candidates) {
-        task.session?.started(n, p.id)
-        const t0 = Date.now()
-        const before = slot.avail
-        try {
-          await this.fetchFromParent(task, slot, p, plan.digest)
-          const full = sha256Of(slot.buf as Buffer)
-          if (!full.equals(plan.digest.sha256)) throw new PieceError('digest-mismatch', `piece ${n} from ${p.id}: sha256 of the piece does not match the record`)
-          const costMs = Date.now() - t0
-          this.recordSpeed(p.id, slot.length - before, costMs)
-          return { source: 'peer', digest: plan.digest, parent: p.id, costMs }
-        } catch (err) {
-          lastErr = err
-          const reason: FailureReason = err instanceof PieceError ? err.reason : 'transport'
-          if (reason !== 'busy') allBusy = false
-          task.session?.failed({ number: n, parentHostId: p.id, reason, description: errText(err) })
-          this.metrics?.parentFailures.inc({ parent: p.id, reason })
-          if (reason === 'digest-mismatch') {
-            this.metrics?.digestMismatches.inc()
-            this.blockParent(p.id, 600_000)
-            this.log.warn({ taskId: task.id, pieceNum: n, parent: p.id }, 'piece from parent does not match its recorded digest; discarded, parent reported')
-          } else if (reason === 'transport') {
-            this.blockParent(p.id, 10_000)
-            this.log.debug({ err, taskId: task.id, pieceNum: n, parent: p.id }, 'parent failed a piece')
-          }
-          if (reason !== 'busy') skip.add(p.id)
-          if (isAbortError(err) && this.closed) throw err
+      if (outcome !== 'failed') return outcome
+      if (plan.kind === 'origin') await sleep(Math.min(2000, 100 * 2 ** attempt), undefined, { signal: this.ac.signal }).catch(() => {})
+    }
+    throw new NaiadError('NAIAD_P2P_PIECE_UNAVAILABLE', `piece ${n} of ${task.digest}: no source delivered it after ${this.options.maxAttempts} tries: ${errText(state.lastErr)}`, { cause: state.lastErr })
+  }
+
+  private async tryOrigin (task: Task, slot: PieceSlot, reason: 'scheduler' | 'no-scheduler', state: { lastErr: unknown }): Promise<Fetched | 'failed'> {
+    const t0 = Date.now()
+    try {
+      await this.fetchFromOrigin(task, slot)
+      this.metrics?.backToSource.inc({ reason })
+      return { source: 'origin', digest: computePieceDigest(slot.number, slot.buf as Buffer, task.pieceLength), costMs: Date.now() - t0 }
+    } catch (err) {
+      state.lastErr = err
+      task.session?.failed({ number: slot.number, parentHostId: '', reason: 'origin', description: errText(err) })
+      if (isNaiadError(err) && FINAL_ORIGIN_ERRORS.has(err.code)) throw err
+      this.log.debug({ err, taskId: task.id, pieceNum: slot.number }, 'origin fetch failed')
+      return 'failed'
+    }
+  }
+
+  private async tryParents (task: Task, slot: PieceSlot, plan: { parents: HostInfo[], digest: PieceDigest }, skip: Set<string>, state: { lastErr: unknown }): Promise<Fetched | 'failed' | 'again'> {
+    const n = slot.number
+    const candidates = this.orderParents(plan.parents.filter(p => !skip.has(p.id)))
+    if (candidates.length === 0) {
+      for (const p of plan.parents) task.session?.failed({ number: n, parentHostId: p.id, reason: 'busy', description: 'skipped' })
+      return 'again'
+    }
+    let allBusy = true
+    for (const p of candidates) {
+      task.session?.started(n, p.id)
+      const t0 = Date.now()
+      const before = slot.avail
+      try {
+        await this.fetchFromParent(task, slot, p, plan.digest)
+        // Every block verified in this transfer: the piece matches its record (both come from the
+        // same origin bytes). Bytes from an earlier attempt are checked as a whole.
+        if (before > 0 && !sha256Of(slot.buf as Buffer).equals(plan.digest.sha256)) throw new PieceError('digest-mismatch', `piece ${n} from ${p.id}: sha256 of the piece does not match the record`)
+        const costMs = Date.now() - t0
+        this.recordSpeed(p.id, slot.length - before, costMs)
+        return { source: 'peer', digest: plan.digest, parent: p.id, costMs }
+      } catch (err) {
+        state.lastErr = err
+        const reason: FailureReason = err instanceof PieceError ? err.reason : 'transport'
+        if (reason !== 'busy') allBusy = false
+        task.session?.failed({ number: n, parentHostId: p.id, reason, description: errText(err) })
+        this.metrics?.parentFailures.inc({ parent: p.id, reason })
+        if (reason === 'digest-mismatch') {
+          this.metrics?.digestMismatches.inc()
+          this.blockParent(p.id, 600_000)
+          this.log.warn({ taskId: task.id, pieceNum: n, parent: p.id }, 'piece from parent does not match its recorded digest; discarded, parent reported')
+        } else if (reason === 'transport') {
+          this.blockParent(p.id, 10_000)
+          this.log.debug({ err, taskId: task.id, pieceNum: n, parent: p.id }, 'parent failed a piece')
         }
-      }
-      if (allBusy) {
-        attempt--
-        await sleep(30 + Math.random() * 120)
+        if (reason !== 'busy') skip.add(p.id)
+        if (isAbortError(err) && this.closed) throw err
       }
     }
-    throw new NaiadError('NAIAD_P2P_PIECE_UNAVAILABLE', `piece ${n} of ${task.digest}: no source delivered it after ${this.options.maxAttempts} tries: ${errText(lastErr)}`, { cause: lastErr })
+    return allBusy ? 'again' : 'failed'
   }
 
   /** What to do for piece n: ask the scheduler, or go to the origin without one. */
@@ -634,27 +732,43 @@ export class DownloadEngine {
       if (res.statusCode === 503 || res.statusCode === 429) throw new PieceError('busy', `parent ${parent.id} is busy`)
       if (res.statusCode === 404) throw new PieceError('not-found', `parent ${parent.id} does not hold piece ${slot.number}`)
       if (res.statusCode !== (pos > 0 ? 206 : 200)) throw new PieceError('transport', `parent ${parent.id} answered HTTP ${res.statusCode}`)
-      const blockBuf = Buffer.allocUnsafe(bl)
+      // A block that lies wholly beyond `avail` is received straight into the piece buffer (no
+      // reader looks there yet) and exposed by moving `avail` once it is verified; only a block
+      // overlapping bytes already exposed (a resume) goes through a scratch buffer.
+      const buf = slot.buf as Buffer
+      let scratch: Buffer | undefined
       let fill = 0
       try {
         for await (const c of res.body as AsyncIterable<Buffer>) {
           let off = 0
           while (off < c.length) {
-            const want = Math.min(bl, slot.length - pos) - fill
+            const blockLen = Math.min(bl, slot.length - pos)
+            const want = blockLen - fill
             if (want <= 0) throw new PieceError('transport', `parent ${parent.id} sent more than the piece`)
+            const direct = pos >= slot.avail
+            const target = direct ? buf : (scratch ??= Buffer.allocUnsafe(bl))
+            const at = direct ? pos + fill : fill
             const take = Math.min(want, c.length - off)
-            c.copy(blockBuf, fill, off, off + take)
+            c.copy(target, at, off, off + take)
             fill += take
             off += take
-            if (fill === Math.min(bl, slot.length - pos)) {
+            if (fill === blockLen) {
+              const data = direct ? buf.subarray(pos, pos + blockLen) : target.subarray(0, blockLen)
               const expected = blockDigest(digest, block)
-              const got = createHash('sha256').update(blockBuf.subarray(0, fill)).digest()
+              const got = createHash('sha256').update(data).digest()
               if (expected === undefined || !got.equals(expected)) {
                 throw new PieceError('digest-mismatch', `piece ${slot.number} block ${block} from ${parent.id} does not match the recorded sha256`)
               }
-              const added = this.advance(slot, pos, blockBuf.subarray(0, fill))
+              let added: number
+              if (direct) {
+                added = pos + blockLen - slot.avail
+                slot.avail = pos + blockLen
+                slot.notify()
+              } else {
+                added = this.advance(slot, pos, data)
+              }
               this.metrics?.pieceBytes.inc({ source: 'peer' }, added)
-              pos += fill
+              pos += blockLen
               block++
               fill = 0
             }
@@ -730,6 +844,16 @@ export class DownloadEngine {
     task.lingerTimer.unref()
   }
 
+  /**
+   * A piece being received right now, for relaying (cut-through) by the upload server: its bytes
+   * below `avail` are final (verified block by block when they come from a parent).
+   */
+  inflight (taskId: string, n: number): InflightPiece | undefined {
+    const slot = this.tasks.get(taskId as TaskId)?.slots.get(n)
+    if (slot === undefined || slot.buf === undefined || slot.error !== undefined) return undefined
+    return slot
+  }
+
   /** The store evicted a task: forget it here too. */
   onEvicted (taskId: TaskId): void {
     const t = this.tasks.get(taskId)
@@ -761,6 +885,7 @@ export class DownloadEngine {
         if (!slot.done && slot.error === undefined) { slot.error = new NaiadError('NAIAD_ABORTED', 'the peer is shutting down'); slot.notify() }
       }
       for (const [n, w] of [...t.assignWaiters]) { t.assignWaiters.delete(n); w.resolve('retry') }
+      this.wakeGate(t)
       t.session?.close()
     }
     if (this.ownDispatcher !== undefined) await this.ownDispatcher.close().catch(() => {})

@@ -112,7 +112,7 @@ export class Peer {
       schedulerRetryMs: config.scheduler.retry_interval
     })
     const api = async (req: http.IncomingMessage, res: http.ServerResponse): Promise<boolean> => await this.api(req, res)
-    this.upload = new UploadHandler({ logger, metrics: this.metrics, store: this.store, api: async (req, res) => this.seed && config.seed.accept_preheat ? await api(req, res) : false }, {
+    this.upload = new UploadHandler({ logger, metrics: this.metrics, store: this.store, inflight: (id, n) => this.engine.inflight(id, n), stallTimeoutMs: config.download.piece_timeout, api: async (req, res) => this.seed && config.seed.accept_preheat ? await api(req, res) : false }, {
       maxConcurrent: config.upload.max_concurrent,
       rateLimit: config.upload.rate_limit,
       faultCorruptUploads: config.testing.fault_corrupt_uploads

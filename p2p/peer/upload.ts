@@ -15,6 +15,7 @@ import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import { NaiadError } from '../../lib/errors/index.ts'
 import type { PeerMetrics } from '../metrics.ts'
 import { isTaskId, pieceSpan, type TaskId } from '../protocol/index.ts'
+import type { InflightPiece } from './engine.ts'
 import type { PieceStore } from './piece-store.ts'
 import { TokenBucket } from './rate-limit.ts'
 import { sendError, writeChunk } from './http-util.ts'
@@ -30,11 +31,15 @@ export interface UploadServerDeps {
   logger?: Logger
   metrics?: PeerMetrics
   store: PieceStore
+  /** Pieces still being received, relayed block by block as they arrive (cut-through). */
+  inflight?: (taskId: string, n: number) => InflightPiece | undefined
+  /** A relayed piece whose source stalls for this long is cut off (default 30 s). */
+  stallTimeoutMs?: number
   /** Extra routes (the peer's API), tried before 404. Returns true if it handled the request. */
   api?: (req: http.IncomingMessage, res: http.ServerResponse) => Promise<boolean>
 }
 
-const CHUNK = 64 * 1024
+const CHUNK = 256 * 1024
 
 export class UploadHandler {
   private readonly log: Logger
@@ -72,11 +77,38 @@ export class UploadHandler {
     sendError(res, 404, new NaiadError('NAIAD_P2P_BAD_REQUEST', `no route ${req.method ?? ''} ${path.slice(0, 100)}`))
   }
 
+  /** Streams bytes [start, end] of a piece still being received, as they become final. */
+  private async relay (p: InflightPiece, start: number, end: number, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
+    let pos = start
+    while (pos <= end) {
+      if (p.avail > pos && p.buf !== undefined) {
+        const stop = Math.min(p.avail, end + 1, pos + CHUNK)
+        const len = stop - pos
+        await this.bucket.take(len, signal)
+        // The final prefix never changes: send it without a copy (a copy only to corrupt it).
+        let chunk = p.buf.subarray(pos, stop)
+        if (this.options.faultCorruptUploads === true) {
+          chunk = Buffer.from(chunk)
+          chunk[chunk.length >> 1] = (chunk[chunk.length >> 1] ?? 0) ^ 0x40
+        }
+        await writeChunk(res, chunk, signal)
+        this.deps.metrics?.uploadBytes.inc(len)
+        pos = stop
+        continue
+      }
+      if (p.error !== undefined) throw new NaiadError('NAIAD_P2P_PARENT_FAILED', 'the piece being relayed failed upstream')
+      if (p.done) throw new NaiadError('NAIAD_P2P_PARENT_FAILED', 'the piece being relayed ended short')
+      const stall = AbortSignal.timeout(this.deps.stallTimeoutMs ?? 30_000)
+      await p.changed(AbortSignal.any([signal, stall]))
+    }
+  }
+
   private async servePiece (req: http.IncomingMessage, res: http.ServerResponse, id: string, n: number): Promise<void> {
     if (!isTaskId(id)) { sendError(res, 400, new NaiadError('NAIAD_P2P_BAD_REQUEST', 'not a task id')); return }
     const taskId = id as TaskId
     const t = this.deps.store.get(taskId)
-    if (t === undefined || !t.pieces.has(n)) {
+    const relay = t?.pieces.has(n) === true ? undefined : this.deps.inflight?.(taskId, n)
+    if (t === undefined || (!t.pieces.has(n) && relay === undefined)) {
       this.deps.metrics?.uploadRejected.inc({ reason: 'missing' })
       sendError(res, 404, new NaiadError('NAIAD_P2P_UNKNOWN_TASK', `piece ${n} of ${taskId} is not held here`))
       return
@@ -114,6 +146,11 @@ export class UploadHandler {
         ...(digest !== undefined ? { 'x-naiad-piece-sha256': digest.sha256.toString('hex') } : {})
       })
       if (req.method === 'HEAD') { res.end(); return }
+      if (relay !== undefined) {
+        await this.relay(relay, start, end, res, ac.signal)
+        res.end()
+        return
+      }
       for (let off = start; off <= end; off += CHUNK) {
         const len = Math.min(CHUNK, end - off + 1)
         await this.bucket.take(len, ac.signal)

@@ -9,13 +9,19 @@
  *   this child (failed it during this download);
  * - it is a bad parent: `recentFailures >= badParentFailures`;
  * - taking it would close a cycle: the candidate is itself (transitively) waiting on the child for
- *   any of the wanted pieces (edges of in-flight transfers, labelled with their pieces).
+ *   any of the wanted pieces (edges of in-flight transfers, labelled with their pieces);
+ * - it is the only source of other pieces peers are waiting for (`uniqueDemand > 0`) while another
+ *   candidate is not: its uplink is kept for the pieces nobody else can serve. Without this, the
+ *   peer that fetched the newest pieces from the origin spends its uplink on copies others could
+ *   make, and the newest pieces spread late.
  *
  * Score (each term in 0..1, higher is better):
- *   0.30 availability  wanted pieces it holds / wanted pieces
- *   0.30 load          1 − activeUploads / uploadConcurrency (clamped)
- *   0.25 bandwidth     measured upload bandwidth / best measured among candidates (unmeasured: 0.5)
- *   0.10 reliability   1 / (1 + recentFailures)
+ *   0.25 availability  wanted pieces it holds / wanted pieces (halved while it still receives them)
+ *   0.25 load          1 − activeUploads / uploadConcurrency (clamped)
+ *   0.20 bandwidth     measured upload bandwidth / best measured among candidates (unmeasured: 0.5)
+ *   0.20 fairness      1 − recentUploadBytes / most recent upload bytes among candidates: spreads
+ *                      the uploading over the swarm instead of draining the first holder's uplink
+ *   0.05 reliability   1 / (1 + recentFailures)
  *   0.05 seed          1 for a seed peer
  * Ties are broken by host id, so the result is deterministic.
  */
@@ -31,6 +37,12 @@ export interface CandidateHost {
   uploadConcurrency: number
   /** Measured upload bandwidth in bytes per second, if measured. */
   bandwidth?: number
+  /** Bytes it uploaded recently (decayed); 0 if unknown. */
+  recentUploadBytes?: number
+  /** Other pieces of the task that only it holds and that peers are waiting for. */
+  uniqueDemand?: number
+  /** It is still receiving the piece (it relays verified blocks as they arrive): half availability. */
+  partial?: boolean
   /** Transport failures reported against it recently (decayed count). */
   recentFailures: number
   /** Blocklisted cluster-wide right now. */
@@ -67,7 +79,7 @@ export interface Evaluator {
   isBadParent (c: CandidateHost): boolean
 }
 
-export const WEIGHTS = Object.freeze({ availability: 0.30, load: 0.30, bandwidth: 0.25, reliability: 0.10, seed: 0.05 })
+export const WEIGHTS = Object.freeze({ availability: 0.25, load: 0.25, bandwidth: 0.20, fairness: 0.20, reliability: 0.05, seed: 0.05 })
 
 /** True if some in-flight path leads from `from` to `to` over edges carrying any of `pieces`. */
 export function reaches (edges: TransferEdges, from: string, to: string, pieces: ReadonlySet<number>): boolean {
@@ -103,15 +115,23 @@ export function createEvaluator (options: EvaluatorOptions = {}): Evaluator {
         !isBadParent(c) &&
         (input.edges === undefined || !reaches(input.edges, c.hostId, input.childHostId, input.wanted))
       )
+      if (kept.some(c => (c.uniqueDemand ?? 0) === 0)) {
+        for (let i = kept.length - 1; i >= 0; i--) if (((kept[i] as CandidateHost).uniqueDemand ?? 0) > 0) kept.splice(i, 1)
+      }
       let best = 0
-      for (const c of kept) if (c.bandwidth !== undefined && c.bandwidth > best) best = c.bandwidth
+      let busiest = 0
+      for (const c of kept) {
+        if (c.bandwidth !== undefined && c.bandwidth > best) best = c.bandwidth
+        if ((c.recentUploadBytes ?? 0) > busiest) busiest = c.recentUploadBytes ?? 0
+      }
       const ranked = kept.map(c => {
-        const availability = Math.min(1, c.held / wantedCount)
+        const availability = Math.min(1, c.held / wantedCount) * (c.partial === true ? 0.5 : 1)
         const load = Math.max(0, 1 - c.activeUploads / Math.max(1, c.uploadConcurrency))
         const bandwidth = c.bandwidth === undefined || best === 0 ? 0.5 : c.bandwidth / best
+        const fairness = busiest === 0 ? 1 : 1 - (c.recentUploadBytes ?? 0) / busiest
         const reliability = 1 / (1 + c.recentFailures)
         const seed = c.seed ? 1 : 0
-        const score = WEIGHTS.availability * availability + WEIGHTS.load * load + WEIGHTS.bandwidth * bandwidth + WEIGHTS.reliability * reliability + WEIGHTS.seed * seed
+        const score = WEIGHTS.availability * availability + WEIGHTS.load * load + WEIGHTS.bandwidth * bandwidth + WEIGHTS.fairness * fairness + WEIGHTS.reliability * reliability + WEIGHTS.seed * seed
         return { hostId: c.hostId, score: Math.round(score * 1e6) / 1e6 }
       })
       ranked.sort((a, b) => b.score - a.score || (a.hostId < b.hostId ? -1 : a.hostId > b.hostId ? 1 : 0))

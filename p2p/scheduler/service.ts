@@ -37,6 +37,19 @@ export interface SchedulerOptions {
   candidateParents?: number
   /** Concurrent origin fetches per piece cluster-wide (default 1). */
   originBudgetPerPiece?: number
+  /**
+   * Concurrent origin fetches one download may hold (default 2), so that the first fetches of a
+   * blob are spread over the peers asking for it instead of all going to the first one: each then
+   * feeds the swarm with a share of the pieces.
+   */
+  originPermitsPerPeer?: number
+  /**
+   * Concurrent origin fetches of one blob cluster-wide (default 2): fewer, faster origin streams
+   * deliver pieces closer to the order readers need them, instead of many slow ones in parallel.
+   */
+  originConcurrencyPerTask?: number
+  /** Half-life of the recent-upload volume the evaluator balances (default 10 s). */
+  uploadHalfLifeMs?: number
   /** An origin permit not reported within this is given to someone else (default 2 min). */
   permitTimeoutMs?: number
   /** How long a bad parent stays on the cluster-wide blocklist (default 10 min). */
@@ -62,6 +75,9 @@ export interface SchedulerServiceDeps {
 class HostState {
   lastSeen: number
   assigned = 0
+  /** Recently uploaded bytes, decayed with the half-life (as of `uploadAt`). */
+  upload = 0
+  uploadAt = 0
   bandwidth: number | undefined
   failures: number[] = []
   blocklistedUntil = 0
@@ -80,6 +96,8 @@ class TaskState {
   readonly waiters = new Map<number, Set<PeerSession>>()
   readonly sessions = new Set<PeerSession>()
   permitsGranted = 0
+  /** Origin permits held now (all pieces). */
+  permitsHeld = 0
   lastActive: number
   constructor (readonly id: TaskId, readonly digest: string, readonly pieceLength: number, now: number) { this.lastActive = now }
 
@@ -93,6 +111,8 @@ export class PeerSession {
   readonly blocklist = new Map<string, number>()
   /** Piece → the parent whose upload slot it holds. */
   readonly transfers = new Map<number, string>()
+  /** Pieces it is receiving from a parent now: it can relay their verified blocks (cut-through). */
+  readonly started = new Set<number>()
   readonly permits = new Set<number>()
   readonly waiting = new Set<number>()
   closed = false
@@ -111,6 +131,9 @@ export class PeerSession {
 const DEFAULTS = {
   candidateParents: 3,
   originBudgetPerPiece: 1,
+  originPermitsPerPeer: 2,
+  originConcurrencyPerTask: 2,
+  uploadHalfLifeMs: 10_000,
   permitTimeoutMs: 120_000,
   blocklistTtlMs: 600_000,
   failureThreshold: 3,
@@ -276,12 +299,17 @@ export class SchedulerService {
   pieceStarted (s: PeerSession, n: number, parentHostId: string): void {
     if (s.closed) return
     const cur = s.transfers.get(n)
-    if (cur === parentHostId) return
-    if (cur !== undefined) this.releaseSlot(cur)
-    const p = this.hosts.get(parentHostId)
-    if (p === undefined) { s.transfers.delete(n); return }
-    p.assigned++
-    s.transfers.set(n, parentHostId)
+    if (cur !== parentHostId) {
+      if (cur !== undefined) this.releaseSlot(cur)
+      const p = this.hosts.get(parentHostId)
+      if (p === undefined) { s.transfers.delete(n); return }
+      p.assigned++
+      s.transfers.set(n, parentHostId)
+    }
+    if (s.task.digests.has(n) && !s.started.has(n)) {
+      s.started.add(n)
+      this.pump(s.task)
+    }
   }
 
   pieceFinished (s: PeerSession, r: { digest: PieceDigest, source: 'origin' | 'peer', parentHostId: string, length: number, costMs: number }): void {
@@ -305,6 +333,7 @@ export class SchedulerService {
         const bw = r.length / (r.costMs / 1000)
         parent.bandwidth = parent.bandwidth === undefined ? bw : 0.7 * parent.bandwidth + 0.3 * bw
       }
+      if (parent !== undefined) this.addUpload(parent, r.length)
     }
     const ok = r.source === 'origin' ? this.recordOrCheck(task, r.digest) : (task.digests.has(n) && sameDigest(task.digests.get(n) as PieceDigest, r.digest))
     if (!ok) {
@@ -394,6 +423,7 @@ export class SchedulerService {
             this.log.warn({ peerId: s.peerId, taskId: task.id, pieceNum: n }, 'origin permit expired without a report')
             ps.delete(s)
             s.permits.delete(n)
+            task.permitsHeld--
           }
         }
         if (ps.size === 0) task.permits.delete(n)
@@ -521,6 +551,16 @@ export class SchedulerService {
     return n
   }
 
+  private recentUpload (h: HostState, now: number): number {
+    return h.upload * Math.pow(0.5, (now - h.uploadAt) / this.opts.uploadHalfLifeMs)
+  }
+
+  private addUpload (h: HostState, bytes: number): void {
+    const now = this.now()
+    h.upload = this.recentUpload(h, now) + bytes
+    h.uploadAt = now
+  }
+
   private releaseSlot (hostId: string): void {
     const h = this.hosts.get(hostId)
     if (h !== undefined && h.assigned > 0) h.assigned--
@@ -528,6 +568,7 @@ export class SchedulerService {
 
   /** Forgets whatever `s` held for piece n: a reserved slot, an origin permit, a wait. */
   private releasePiece (s: PeerSession, n: number): void {
+    s.started.delete(n)
     const parent = s.transfers.get(n)
     if (parent !== undefined) {
       s.transfers.delete(n)
@@ -535,7 +576,7 @@ export class SchedulerService {
     }
     if (s.permits.delete(n)) {
       const ps = s.task.permits.get(n)
-      ps?.delete(s)
+      if (ps?.delete(s) === true) s.task.permitsHeld--
       if (ps?.size === 0) s.task.permits.delete(n)
     }
     if (s.waiting.delete(n)) {
@@ -559,7 +600,7 @@ export class SchedulerService {
     return edges
   }
 
-  private candidate (h: HostState, held: number, now: number): CandidateHost {
+  private candidate (h: HostState, held: number, now: number, pieceLength: number): CandidateHost {
     return {
       hostId: h.info.id,
       seed: h.info.seed,
@@ -567,30 +608,67 @@ export class SchedulerService {
       activeUploads: h.assigned,
       uploadConcurrency: Math.max(1, h.info.uploadConcurrency),
       ...(h.bandwidth !== undefined ? { bandwidth: h.bandwidth } : {}),
+      recentUploadBytes: this.recentUpload(h, now) + h.assigned * pieceLength,
       recentFailures: this.recentFailures(h, now),
       blocklisted: h.blocklistedUntil > now
     }
+  }
+
+  /** Transfers of piece n from parents in progress (reserved or started). */
+  private copiesInFlight (task: TaskState, n: number): number {
+    let c = 0
+    for (const x of task.sessions) if (x.transfers.has(n)) c++
+    return c
+  }
+
+  /** Hosts receiving piece n from a parent now (they relay its verified blocks as they arrive). */
+  private partialHolders (task: TaskState, n: number): Set<string> {
+    const out = new Set<string>()
+    for (const x of task.sessions) if (x.started.has(n)) out.add(x.host.info.id)
+    return out
+  }
+
+  /** For each host, how many pieces (other than `except`) peers wait for that only it holds. */
+  private uniqueDemand (task: TaskState, except: number): Map<string, number> {
+    const out = new Map<string, number>()
+    for (const [p, ws] of task.waiters) {
+      if (p === except || ws.size === 0) continue
+      const hs = new Set([...(task.holders.get(p) ?? []), ...this.partialHolders(task, p)])
+      if (hs.size !== 1) continue
+      const [only] = hs
+      if (only !== undefined) out.set(only, (out.get(only) ?? 0) + 1)
+    }
+    return out
   }
 
   /** Decides one piece for one download (see the module comment); reserves what it grants. */
   private decide (s: PeerSession, n: number, wanted: ReadonlySet<number>): Assignment {
     const task = s.task
     const now = this.now()
-    const holders = task.holders.get(n)
+    const complete = task.holders.get(n)
+    const partial = this.partialHolders(task, n)
     const digest = task.digests.get(n)
-    if (holders !== undefined && holders.size > 0 && digest !== undefined) {
+    if (((complete?.size ?? 0) > 0 || partial.size > 0) && digest !== undefined) {
+      const unique = this.uniqueDemand(task, n)
       const candidates: CandidateHost[] = []
-      for (const id of holders) {
+      for (const id of new Set([...(complete ?? []), ...partial])) {
         const h = this.hosts.get(id)
         if (h === undefined) continue
         let held = 0
         const ps = h.tasks.get(task.id)
         if (ps !== undefined) for (const w of wanted) if (ps.has(w)) held++
-        candidates.push(this.candidate(h, Math.max(1, held), now))
+        const isPartial = complete?.has(id) !== true
+        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: unique.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
       }
       const childBlocklist = new Set<string>()
       for (const [id, until] of s.blocklist) if (until > now) childBlocklist.add(id)
       const ranked = this.evaluator.evaluateParents({ childHostId: s.host.info.id, wanted: new Set([n]), candidates, childBlocklist, edges: this.edges(task), limit: Math.max(this.opts.candidateParents, candidates.length) })
+      if (ranked.length > 0 && this.copiesInFlight(task, n) >= ranked.length) {
+        // Each holder copies a piece to one child at a time: the copies double the holders every
+        // round, and no uplink is split between several copies of the same piece.
+        this.metrics?.assignments.inc({ action: 'wait' })
+        return { number: n, action: 'wait' }
+      }
       if (ranked.length > 0) {
         const free = ranked.filter(r => { const h = this.hosts.get(r.hostId); return h !== undefined && h.assigned < Math.max(1, h.info.uploadConcurrency) })
         if (free.length === 0) {
@@ -606,9 +684,10 @@ export class SchedulerService {
       }
     }
     let ps = task.permits.get(n)
-    if ((ps?.size ?? 0) < this.opts.originBudgetPerPiece) {
+    if ((ps?.size ?? 0) < this.opts.originBudgetPerPiece && s.permits.size < this.opts.originPermitsPerPeer && task.permitsHeld < this.opts.originConcurrencyPerTask) {
       if (ps === undefined) task.permits.set(n, ps = new Map())
       ps.set(s, now + this.opts.permitTimeoutMs)
+      task.permitsHeld++
       s.permits.add(n)
       task.permitsGranted++
       this.metrics?.assignments.inc({ action: 'back_to_source' })
@@ -621,11 +700,15 @@ export class SchedulerService {
   /** Serves waiters whose piece can now be assigned (new holder, free slot, free permit). */
   private pump (task: TaskState): void {
     if (task.waiters.size === 0) return
+    const now = this.now()
     const batches = new Map<PeerSession, Assignment[]>()
     for (const n of [...task.waiters.keys()].sort((a, b) => a - b)) {
       const ws = task.waiters.get(n)
       if (ws === undefined) continue
-      for (const s of [...ws]) {
+      // Serve first the waiters whose uplink has been idle: receiving a piece early makes them
+      // relays of it, so every uplink in the swarm gets something to upload (not the same few).
+      const order = [...ws].map((s, i) => ({ s, i, up: this.recentUpload(s.host, now) })).sort((x, y) => x.up - y.up || x.i - y.i).map(x => x.s)
+      for (const s of order) {
         if (s.closed) { ws.delete(s); continue }
         const a = this.decide(s, n, new Set([n]))
         if (a.action === 'wait') continue

@@ -30,6 +30,8 @@ describe('evaluator: filters', () => {
     ['no cycle, transitively: a ← x ← child', [c('a'), c('b')], ['b'], { edges: edges([['a', 'x', [1]], ['x', 'child', [1]]]) }],
     ['edges for other pieces are not cycles', [c('a'), c('b')], ['a', 'b'], { edges: edges([['a', 'child', [9]]]) }],
     ['a chain broken by an unrelated piece is not a cycle', [c('a')], ['a'], { edges: edges([['a', 'x', [1]], ['x', 'child', [9]]]) }],
+    ['a holder that alone serves pieces others wait for is kept for those', [c('a', { uniqueDemand: 2 }), c('b')], ['b']],
+    ['when every holder alone serves other pieces, none is dropped', [c('a', { uniqueDemand: 1 }), c('b', { uniqueDemand: 3 })], ['a', 'b']],
     ['nobody left', [c('child'), c('a', { blocklisted: true })], []]
   ])('%s', (_name, candidates, want, extra = {}) => {
     const got = ev.evaluateParents({
@@ -52,6 +54,8 @@ describe('evaluator: ranking', () => {
     ['unmeasured sits between fast and slow', [c('slow', { bandwidth: 1e6 }), c('new'), c('fast', { bandwidth: 10e6 })], ['fast', 'new', 'slow']],
     ['recent failures rank lower', [c('a', { recentFailures: 2 }), c('b')], ['b', 'a']],
     ['seeds win ties', [c('a'), c('s', { seed: true })], ['s', 'a']],
+    ['a holder still receiving the piece (relaying) ranks below a complete one', [c('p', { partial: true }), c('a')], ['a', 'p']],
+    ['the less used uplink ranks higher (fairness)', [c('a', { recentUploadBytes: 100e6 }), c('b', { recentUploadBytes: 10e6 })], ['b', 'a']],
     ['ties broken by host id', [c('b'), c('a'), c('c')], ['a', 'b', 'c']],
     ['load outweighs a seed bonus', [c('s', { seed: true, activeUploads: 4 }), c('a')], ['a', 's']]
   ])('%s', (_name, candidates, want) => {
@@ -65,7 +69,7 @@ describe('evaluator: ranking', () => {
 
   it('scores are the documented weighted sum', () => {
     const [r] = ev.evaluateParents({ childHostId: 'child', wanted, candidates: [c('a', { held: 2, activeUploads: 1, uploadConcurrency: 4, recentFailures: 1, seed: true })], limit: 1 })
-    const expected = WEIGHTS.availability * 0.5 + WEIGHTS.load * 0.75 + WEIGHTS.bandwidth * 0.5 + WEIGHTS.reliability * 0.5 + WEIGHTS.seed * 1
+    const expected = WEIGHTS.availability * 0.5 + WEIGHTS.load * 0.75 + WEIGHTS.bandwidth * 0.5 + WEIGHTS.fairness * 1 + WEIGHTS.reliability * 0.5 + WEIGHTS.seed * 1
     expect(r?.score).toBeCloseTo(expected, 5)
   })
 

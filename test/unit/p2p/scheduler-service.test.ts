@@ -34,30 +34,52 @@ function setup (opts: ConstructorParameters<typeof SchedulerService>[1] = {}): {
 }
 
 describe('scheduler service: origin budget', () => {
-  it('N cold peers asking for the same piece: one goes to the origin, the others wait, then get it as parent', () => {
+  it('N cold peers asking for the same piece: one goes to the origin, the others wait, then the piece spreads one copy per holder', () => {
     const { open } = setup()
     const peers = ['a', 'b', 'c', 'd'].map(open)
     for (const p of peers) p.s.requestPieces([0])
     const actions = peers.map(p => p.last()[0]?.action)
     expect(actions).toEqual(['back-to-source', 'wait', 'wait', 'wait'])
-    peers[0]?.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
-    // a has 2 upload slots: two waiters are served now, the third when a slot frees or a new holder appears
-    const served = peers.slice(1).filter(p => p.last()[0]?.action === 'parents')
-    expect(served).toHaveLength(2)
-    for (const p of served) expect(p.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
-    served[0]?.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
-    const third = peers.slice(1).find(p => !served.includes(p))
+    const [a, b, c, d] = peers as [typeof peers[0], typeof peers[0], typeof peers[0], typeof peers[0]]
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    // one copy per holder at a time: a serves one child
+    const first = [b, c, d].filter(p => p.last()[0]?.action === 'parents')
+    expect(first).toHaveLength(1)
+    expect(first[0]?.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    // the child starts receiving it: it relays verified blocks as they arrive, so it counts as a
+    // holder and the next waiter is served (cut-through), from it or from a
+    first[0]?.s.pieceStarted(0, 'a')
+    const second = [b, c, d].filter(p => p !== first[0] && p.last()[0]?.action === 'parents')
+    expect(second).toHaveLength(1)
+    expect(second[0]?.last()[0]?.action).toBe('parents')
+    const secondParents = (second[0]?.last()[0] as { parents: string[] }).parents
+    expect(secondParents.length).toBeGreaterThanOrEqual(1)
+    first[0]?.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
+    second[0]?.s.pieceStarted(0, secondParents[0] as string)
+    const third = [b, c, d].find(p => p !== first[0] && p !== second[0])
     expect(third?.last()[0]?.action).toBe('parents')
   })
 
   it('spreads the first origin fetches of different pieces over different peers', () => {
-    const { open } = setup()
+    const { open } = setup({ originConcurrencyPerTask: 4, originPermitsPerPeer: 2 })
     const a = open('a')
     const b = open('b')
-    a.s.requestPieces([0, 1])
-    b.s.requestPieces([0, 1, 2])
-    expect(a.last().map(x => x.action)).toEqual(['back-to-source', 'back-to-source'])
-    expect(b.last().map(x => x.action)).toEqual(['wait', 'wait', 'back-to-source'])
+    a.s.requestPieces([0, 1, 2])
+    b.s.requestPieces([0, 1, 2, 3])
+    expect(a.last().map(x => x.action)).toEqual(['back-to-source', 'back-to-source', 'wait'])
+    expect(b.last().map(x => x.action)).toEqual(['wait', 'wait', 'back-to-source', 'back-to-source'])
+  })
+
+  it('caps concurrent origin fetches of one blob cluster-wide', () => {
+    const { open } = setup({ originConcurrencyPerTask: 2, originPermitsPerPeer: 2 })
+    const a = open('a')
+    const b = open('b')
+    a.s.requestPieces([0])
+    b.s.requestPieces([1, 2])
+    expect(a.last().map(x => x.action)).toEqual(['back-to-source'])
+    expect(b.last().map(x => x.action)).toEqual(['back-to-source', 'wait'])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
+    expect(b.last().map(x => x.action)).toEqual(['back-to-source'])
   })
 
   it('a budget of 2 allows two concurrent origin fetches of a piece', () => {

@@ -1,0 +1,200 @@
+/**
+ * The p2p distribution benchmark: N = 4, 8, 16 peer hosts in network namespaces (plus a registry
+ * host and a scheduler host), every link limited with `tc tbf` (default 100 Mbit/s each way), all
+ * reading the same blob (default 256 MiB) with Range requests through their peer's mirror. For each
+ * N it prints the total time (until the last reader has the whole blob, verified), the registry's
+ * bytes ÷ the blob size, the lower bound T ≥ max(S/O, S/D, N·S/(O + N·U)) and the time of N direct
+ * pulls from the registry in the same setup.
+ *
+ *   npm run bench:p2p -- [--peers 4,8,16] [--size 256MiB] [--rate 100] [--order seq|random]
+ *                        [--chunk 1MiB] [--concurrency 4] [--skip-direct] [--json out.json]
+ *
+ * Needs root, iproute2, docker-registry and a build (`npm run build`).
+ */
+import { randomBytes } from 'node:crypto'
+import type { ChildProcess } from 'node:child_process'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
+import { parseArgs } from 'node:util'
+import { parseSize } from '../../lib/config/index.ts'
+import { canUseNetns, killChild, NetLab, NetnsRegistry } from '../../test/helpers/netns.ts'
+
+const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
+const NAIAD = join(ROOT, 'dist/bin/naiad.js')
+const READER = join(ROOT, 'dist/bench/p2p/reader.js')
+const REPO = 'bench/blob'
+
+const { values: a } = parseArgs({
+  options: {
+    peers: { type: 'string', default: '4,8,16' },
+    size: { type: 'string', default: '256MiB' },
+    rate: { type: 'string', default: '100' },
+    order: { type: 'string', default: 'seq' },
+    chunk: { type: 'string', default: '1MiB' },
+    concurrency: { type: 'string', default: '4' },
+    'piece-length': { type: 'string', default: '4MiB' },
+    'read-ahead': { type: 'string' },
+    'concurrent-pieces': { type: 'string' },
+    'upload-concurrent': { type: 'string' },
+    'skip-direct': { type: 'boolean', default: false },
+    json: { type: 'string' },
+    keep: { type: 'boolean', default: false },
+    verbose: { type: 'boolean', default: false },
+    'log-level': { type: 'string', default: 'warn' },
+    'origin-per-task': { type: 'string' },
+    'origin-per-peer': { type: 'string' }
+  }
+})
+
+interface ReadResult { ok: boolean, ms: number, errors: number, error?: string }
+
+interface Row {
+  n: number
+  sizeBytes: number
+  rateMbit: number
+  p2pSeconds: number
+  registryRatio: number
+  boundSeconds: number
+  ratioToBound: number
+  directSeconds: number | undefined
+  directRegistryRatio: number | undefined
+  readersOk: boolean
+  slowestReader: number
+  fastestReader: number
+}
+
+/** A TOML line for a tuning flag, or nothing to keep the daemon's default. */
+function opt (key: string, v: string | undefined): string[] {
+  return v === undefined ? [] : [`${key} = ${Number(v)}`]
+}
+
+const S = parseSize(a.size) ?? 0
+const RATE = Number(a.rate)
+const BPS = RATE * 1e6 / 8
+
+function bound (n: number): number {
+  const O = BPS
+  const U = BPS
+  const D = BPS
+  return Math.max(S / O, S / D, n * S / (O + n * U))
+}
+
+async function runOne (n: number): Promise<Row> {
+  const lab = new NetLab()
+  const dir = await mkdtemp(join(tmpdir(), 'naiad-bench-p2p-'))
+  const children: ChildProcess[] = []
+  try {
+    await lab.create()
+    await lab.addHost('reg', { rateMbit: RATE })
+    await lab.addHost('sched', { rateMbit: RATE })
+    const names = Array.from({ length: n }, (_, i) => `p${i + 1}`)
+    for (const h of names) await lab.addHost(h, { rateMbit: RATE })
+    const registry = new NetnsRegistry(lab, 'reg', join(dir, 'registry'))
+    const digest = await registry.addBlob(REPO, randomBytes(S))
+    await registry.start()
+    const read = async (h: string, url: string, origin?: string): Promise<ReadResult> => {
+      const out = await lab.exec(h, process.execPath, [READER, '--url', url, '--repo', REPO, '--digest', digest, '--size', String(S),
+        '--chunk', String(parseSize(a.chunk)), '--concurrency', a.concurrency, '--order', a.order, '--seed', h.slice(1), ...(origin !== undefined ? ['--origin', origin] : [])])
+      return JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as ReadResult
+    }
+
+    let directSeconds: number | undefined
+    let directRegistryRatio: number | undefined
+    if (!a['skip-direct']) {
+      const before = await registry.blobBytes(digest)
+      const t0 = performance.now()
+      const rs = await Promise.all(names.map(async h => await read(h, registry.url)))
+      directSeconds = (performance.now() - t0) / 1000
+      directRegistryRatio = (await registry.blobBytes(digest) - before) / S
+      if (!rs.every(r => r.ok)) throw new Error(`direct pulls failed: ${JSON.stringify(rs.filter(r => !r.ok).slice(0, 2))}`)
+      process.stderr.write(`N=${n}: ${n} direct pulls took ${directSeconds.toFixed(1)} s\n`)
+    }
+
+    const sched = lab.host('sched')
+    const scfg = join(dir, 'scheduler.toml')
+    await writeFile(scfg, ['[server]', `listen = "${sched.ip}:65010"`, '[metrics]', 'listen = "127.0.0.1:65011"', '[scheduling]', ...opt('origin_concurrency_per_task', a['origin-per-task']), ...opt('origin_permits_per_peer', a['origin-per-peer']), '[log]', 'level = "warn"'].join('\n') + '\n')
+    children.push(lab.spawn('sched', process.execPath, [NAIAD, 'scheduler', '--config', scfg], { logFile: join(dir, 'scheduler.log') }))
+    await lab.waitHttp('sched', 'http://127.0.0.1:65011/healthz')
+    await Promise.all(names.map(async h => {
+      const ip = lab.host(h).ip
+      const cfg = join(dir, `${h}.toml`)
+      await writeFile(cfg, [
+        '[host]', `id = "${h}"`, `ip = "${ip}"`,
+        '[mirror]', 'listen = "127.0.0.1:65001"',
+        '[upload]', `listen = "${ip}:65002"`, ...opt('max_concurrent', a['upload-concurrent']),
+        '[download]', `piece_length = "${a['piece-length']}"`, ...opt('read_ahead_pieces', a['read-ahead']), ...opt('concurrent_pieces', a['concurrent-pieces']),
+        '[scheduler]', `address = "${sched.ip}:65010"`, 'heartbeat_interval = "1s"',
+        '[storage]', `dir = "${join(dir, 'store', h)}"`, 'quota = "4GiB"',
+        '[log]', `level = "${a['log-level']}"`
+      ].join('\n') + '\n')
+      children.push(lab.spawn(h, process.execPath, [NAIAD, 'peer', '--config', cfg], { logFile: join(dir, `${h}.log`) }))
+      await lab.waitHttp(h, 'http://127.0.0.1:65001/healthz')
+    }))
+    await new Promise(resolve => setTimeout(resolve, 1500))
+    const before = await registry.blobBytes(digest)
+    const t0 = performance.now()
+    const rs = await Promise.all(names.map(async h => await read(h, 'http://127.0.0.1:65001', registry.url)))
+    const p2pSeconds = (performance.now() - t0) / 1000
+    await new Promise(resolve => setTimeout(resolve, 500))
+    const registryRatio = (await registry.blobBytes(digest) - before) / S
+    if (a.verbose) {
+      const get = (text: string, name: string): number => { let sum = 0; for (const l of text.split('\n')) if (l.startsWith(name)) sum += Number(l.split(' ').at(-1)); return sum }
+      for (const h of names) {
+        const t = await lab.curl(h, 'http://127.0.0.1:65001/metrics') ?? ''
+        const mb = (x: number): string => (x / 1024 / 1024).toFixed(0)
+        process.stderr.write(`  ${h}: origin ${mb(get(t, 'naiad_p2p_peer_piece_bytes_total{source="origin"}'))} MiB, peers ${mb(get(t, 'naiad_p2p_peer_piece_bytes_total{source="peer"}'))} MiB, uploaded ${mb(get(t, 'naiad_p2p_peer_upload_bytes_total'))} MiB, busy refusals ${get(t, 'naiad_p2p_peer_upload_rejected_total{reason="busy"}')}, parent failures ${get(t, 'naiad_p2p_peer_parent_failures_total')}, reader ${((rs[names.indexOf(h)]?.ms ?? 0) / 1000).toFixed(1)} s\n`)
+      }
+      const { readFile } = await import('node:fs/promises')
+      const cpu = async (pid: number | undefined): Promise<number> => {
+        const f = (await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')).split(') ')[1]?.split(' ') ?? []
+        return (Number(f[11] ?? 0) + Number(f[12] ?? 0)) / 100
+      }
+      const peerCpu = await Promise.all(children.slice(1).map(async c => await cpu(c.pid)))
+      process.stderr.write(`  cpu seconds: scheduler ${(await cpu(children[0]?.pid)).toFixed(1)}, peers ${peerCpu.reduce((x, y) => x + y, 0).toFixed(1)} (max ${Math.max(...peerCpu).toFixed(1)})\n`)
+      const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
+      process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')}\n`)
+    }
+    const b = bound(n)
+    process.stderr.write(`N=${n}: p2p took ${p2pSeconds.toFixed(1)} s (bound ${b.toFixed(1)} s), registry ${registryRatio.toFixed(3)}×\n`)
+    if (a.keep) process.stderr.write(`  logs kept in ${dir}\n`)
+    return {
+      n,
+      sizeBytes: S,
+      rateMbit: RATE,
+      p2pSeconds,
+      registryRatio,
+      boundSeconds: b,
+      ratioToBound: p2pSeconds / b,
+      directSeconds,
+      directRegistryRatio,
+      readersOk: rs.every(r => r.ok),
+      slowestReader: Math.max(...rs.map(r => r.ms)) / 1000,
+      fastestReader: Math.min(...rs.map(r => r.ms)) / 1000
+    }
+  } finally {
+    for (const c of children) await killChild(c)
+    await lab.destroy()
+    if (!a.keep) await rm(dir, { recursive: true, force: true })
+  }
+}
+
+if (!canUseNetns()) {
+  process.stderr.write('bench:p2p needs root, iproute2 (ip, tc) and network namespaces\n')
+  process.exit(1)
+}
+await NetLab.cleanupStale()
+const rows: Row[] = []
+for (const n of a.peers.split(',').map(Number)) rows.push(await runOne(n))
+
+const mib = (S / 1024 / 1024).toFixed(0)
+const lines = [
+  `p2p distribution of one ${mib} MiB blob, every link ${RATE} Mbit/s (tbf), reads: ${a.order} ${a.chunk} ranges × ${a.concurrency}, pieces ${a['piece-length']}`,
+  '',
+  '| N | p2p total (s) | registry bytes ÷ blob | lower bound (s) | p2p ÷ bound | N direct pulls (s) | direct registry ÷ blob | readers ok |',
+  '|---|---|---|---|---|---|---|---|',
+  ...rows.map(r => `| ${r.n} | ${r.p2pSeconds.toFixed(1)} | ${r.registryRatio.toFixed(3)} | ${r.boundSeconds.toFixed(1)} | ${r.ratioToBound.toFixed(2)} | ${r.directSeconds?.toFixed(1) ?? '-'} | ${r.directRegistryRatio?.toFixed(2) ?? '-'} | ${r.readersOk ? 'yes' : 'NO'} |`)
+]
+process.stdout.write(lines.join('\n') + '\n')
+if (a.json !== undefined) await writeFile(a.json, JSON.stringify(rows, null, 2) + '\n')
