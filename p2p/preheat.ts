@@ -79,10 +79,10 @@ export async function imageBlobs (ref: string, o: { plainHttp?: boolean, platfor
 export async function preheat (deps: { logger?: Logger, credentials?: CredentialProvider }, o: PreheatOptions): Promise<PreheatResult> {
   const log = (deps.logger ?? nullLogger()).child({ component: 'p2p.preheat' })
   const deadline = Date.now() + (o.timeoutMs ?? 30 * 60_000)
+  if ((o.peers ?? []).length === 0 && (o.scheduler === undefined || o.scheduler === '')) throw new NaiadError('NAIAD_CLI_USAGE', 'preheat needs --scheduler (to find seed peers) or --peer URL')
   const { origin, repository, blobs } = await imageBlobs(o.ref, { ...(o.plainHttp !== undefined ? { plainHttp: o.plainHttp } : {}), platforms: o.platforms, logger: log, ...(deps.credentials !== undefined ? { credentials: deps.credentials } : {}), ...(o.signal !== undefined ? { signal: o.signal } : {}) })
   let targets = (o.peers ?? []).map(p => p.replace(/\/+$/, ''))
-  if (targets.length === 0) {
-    if (o.scheduler === undefined || o.scheduler === '') throw new NaiadError('NAIAD_CLI_USAGE', 'preheat needs --scheduler (to find seed peers) or --peer URL')
+  if (targets.length === 0 && o.scheduler !== undefined) {
     const admin = new SchedulerAdmin({ address: o.scheduler })
     try {
       const seeds = await admin.listHosts(true, o.signal !== undefined ? { signal: o.signal } : {})

@@ -73,6 +73,8 @@ export interface InflightPiece {
   readonly avail: number
   readonly done: boolean
   readonly error: unknown
+  /** Incremented whenever a transfer into the piece broke off (a relay then cuts its children loose). */
+  readonly interruptions: number
   changed (signal?: AbortSignal): Promise<void>
 }
 
@@ -82,11 +84,20 @@ class PieceSlot implements InflightPiece {
   avail = 0
   done = false
   error: unknown
+  interruptions = 0
+  /** A transfer into the piece is running now. */
+  receiving = false
   /** Time spent waiting for assignments and for a transfer slot (diagnostics). */
   planMs = 0
   slotMs = 0
   private waiters: Array<() => void> = []
   constructor (readonly number: number, readonly length: number) {}
+
+  /** A transfer into the piece failed: whoever relays it must not wait for this source. */
+  interrupt (): void {
+    this.interruptions++
+    this.notify()
+  }
 
   notify (): void {
     const w = this.waiters
@@ -498,9 +509,11 @@ export class DownloadEngine {
       slot.planMs += t1 - t0
       slot.slotMs += Date.now() - t1
       let outcome: Fetched | 'failed' | 'again'
+      slot.receiving = true
       try {
         outcome = plan.kind === 'origin' ? await this.tryOrigin(task, slot, plan.reason, state) : await this.tryParents(task, slot, plan, skip, state)
       } finally {
+        slot.receiving = false
         release()
       }
       if (outcome === 'again') {
@@ -541,11 +554,12 @@ export class DownloadEngine {
     }
     let allBusy = true
     for (const p of candidates) {
-      task.session?.started(n, p.id)
       const t0 = Date.now()
       const before = slot.avail
+      let flowing = false
       try {
-        await this.fetchFromParent(task, slot, p, plan.digest)
+        // Reported once the parent answers: only then can this peer relay the piece to others.
+        await this.fetchFromParent(task, slot, p, plan.digest, () => { flowing = true; task.session?.started(n, p.id) })
         // Every block verified in this transfer: the piece matches its record (both come from the
         // same origin bytes). Bytes from an earlier attempt are checked as a whole.
         if (before > 0 && !sha256Of(slot.buf as Buffer).equals(plan.digest.sha256)) throw new PieceError('digest-mismatch', `piece ${n} from ${p.id}: sha256 of the piece does not match the record`)
@@ -567,6 +581,8 @@ export class DownloadEngine {
           this.log.debug({ err, taskId: task.id, pieceNum: n, parent: p.id }, 'parent failed a piece')
         }
         if (reason !== 'busy') skip.add(p.id)
+        // Children relaying this piece from us must not wait for a source that broke off.
+        if (flowing) slot.interrupt()
         if (isAbortError(err) && this.closed) throw err
       }
     }
@@ -649,7 +665,9 @@ export class DownloadEngine {
     let known = 0
     for (const p of usable) known = Math.max(known, this.parents.get(p.id)?.bps ?? 0)
     const prior = known > 0 ? known : 1
-    const weights = usable.map((p, i) => (this.parents.get(p.id)?.bps ?? prior) * Math.max(0.2, 1 - 0.2 * i))
+    // The scheduler reserved an upload slot on the first parent: favour it (×4) unless another is
+    // measured to be much faster; the others are likelier to be busy.
+    const weights = usable.map((p, i) => (this.parents.get(p.id)?.bps ?? prior) * (i === 0 ? 4 : Math.max(0.2, 1 - 0.2 * i)))
     const total = weights.reduce((a, b) => a + b, 0)
     let r = Math.random() * total
     let pick = 0
@@ -705,7 +723,7 @@ export class DownloadEngine {
     }
   }
 
-  private async fetchFromParent (task: Task, slot: PieceSlot, parent: HostInfo, digest: PieceDigest): Promise<void> {
+  private async fetchFromParent (task: Task, slot: PieceSlot, parent: HostInfo, digest: PieceDigest, onFlowing: () => void): Promise<void> {
     const bl = blockLength(task.pieceLength)
     let block = Math.floor(slot.avail / bl)
     let pos = block * bl
@@ -732,6 +750,7 @@ export class DownloadEngine {
       if (res.statusCode === 503 || res.statusCode === 429) throw new PieceError('busy', `parent ${parent.id} is busy`)
       if (res.statusCode === 404) throw new PieceError('not-found', `parent ${parent.id} does not hold piece ${slot.number}`)
       if (res.statusCode !== (pos > 0 ? 206 : 200)) throw new PieceError('transport', `parent ${parent.id} answered HTTP ${res.statusCode}`)
+      onFlowing()
       // A block that lies wholly beyond `avail` is received straight into the piece buffer (no
       // reader looks there yet) and exposed by moving `avail` once it is verified; only a block
       // overlapping bytes already exposed (a resume) goes through a scratch buffer.
@@ -850,7 +869,9 @@ export class DownloadEngine {
    */
   inflight (taskId: string, n: number): InflightPiece | undefined {
     const slot = this.tasks.get(taskId as TaskId)?.slots.get(n)
-    if (slot === undefined || slot.buf === undefined || slot.error !== undefined) return undefined
+    // Only while bytes are flowing in (or all there): a piece waiting to be scheduled again would
+    // leave the child waiting for nothing.
+    if (slot === undefined || slot.buf === undefined || slot.error !== undefined || !(slot.receiving || slot.done)) return undefined
     return slot
   }
 

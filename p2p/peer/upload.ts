@@ -80,6 +80,7 @@ export class UploadHandler {
   /** Streams bytes [start, end] of a piece still being received, as they become final. */
   private async relay (p: InflightPiece, start: number, end: number, res: http.ServerResponse, signal: AbortSignal): Promise<void> {
     let pos = start
+    const generation = p.interruptions
     while (pos <= end) {
       if (p.avail > pos && p.buf !== undefined) {
         const stop = Math.min(p.avail, end + 1, pos + CHUNK)
@@ -98,7 +99,10 @@ export class UploadHandler {
       }
       if (p.error !== undefined) throw new NaiadError('NAIAD_P2P_PARENT_FAILED', 'the piece being relayed failed upstream')
       if (p.done) throw new NaiadError('NAIAD_P2P_PARENT_FAILED', 'the piece being relayed ended short')
-      const stall = AbortSignal.timeout(this.deps.stallTimeoutMs ?? 30_000)
+      // Its source broke off: cut the child loose now (it resumes elsewhere from its last verified
+      // block) instead of letting it wait for a source that has to be scheduled again.
+      if (p.interruptions !== generation) throw new NaiadError('NAIAD_P2P_PARENT_FAILED', 'the transfer of the piece being relayed broke off upstream')
+      const stall = AbortSignal.timeout(Math.min(10_000, this.deps.stallTimeoutMs ?? 30_000))
       await p.changed(AbortSignal.any([signal, stall]))
     }
   }

@@ -94,6 +94,8 @@ class TaskState {
   readonly holders = new Map<number, Set<string>>()
   readonly permits = new Map<number, Map<PeerSession, number>>()
   readonly waiters = new Map<number, Set<PeerSession>>()
+  /** Downloads receiving each piece from a parent now (they relay it: partial holders). */
+  readonly receiving = new Map<number, Set<PeerSession>>()
   readonly sessions = new Set<PeerSession>()
   permitsGranted = 0
   /** Origin permits held now (all pieces). */
@@ -308,6 +310,9 @@ export class SchedulerService {
     }
     if (s.task.digests.has(n) && !s.started.has(n)) {
       s.started.add(n)
+      let r = s.task.receiving.get(n)
+      if (r === undefined) s.task.receiving.set(n, r = new Set())
+      r.add(s)
       this.pump(s.task)
     }
   }
@@ -568,7 +573,11 @@ export class SchedulerService {
 
   /** Forgets whatever `s` held for piece n: a reserved slot, an origin permit, a wait. */
   private releasePiece (s: PeerSession, n: number): void {
-    s.started.delete(n)
+    if (s.started.delete(n)) {
+      const r = s.task.receiving.get(n)
+      r?.delete(s)
+      if (r?.size === 0) s.task.receiving.delete(n)
+    }
     const parent = s.transfers.get(n)
     if (parent !== undefined) {
       s.transfers.delete(n)
@@ -624,7 +633,7 @@ export class SchedulerService {
   /** Hosts receiving piece n from a parent now (they relay its verified blocks as they arrive). */
   private partialHolders (task: TaskState, n: number): Set<string> {
     const out = new Set<string>()
-    for (const x of task.sessions) if (x.started.has(n)) out.add(x.host.info.id)
+    for (const x of task.receiving.get(n) ?? []) out.add(x.host.info.id)
     return out
   }
 
@@ -633,7 +642,10 @@ export class SchedulerService {
     const out = new Map<string, number>()
     for (const [p, ws] of task.waiters) {
       if (p === except || ws.size === 0) continue
-      const hs = new Set([...(task.holders.get(p) ?? []), ...this.partialHolders(task, p)])
+      const complete = task.holders.get(p)
+      const receiving = task.receiving.get(p)
+      if ((complete?.size ?? 0) + (receiving?.size ?? 0) === 0) continue
+      const hs = receiving === undefined ? (complete ?? new Set<string>()) : new Set([...(complete ?? []), ...this.partialHolders(task, p)])
       if (hs.size !== 1) continue
       const [only] = hs
       if (only !== undefined) out.set(only, (out.get(only) ?? 0) + 1)
