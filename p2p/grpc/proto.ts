@@ -4,38 +4,20 @@
  * integers, Buffers for bytes, enum names as strings, the `oneof` name set to the chosen field).
  * Only the p2p gRPC adapters (scheduler/grpc-server.ts, peer/scheduler-client.ts) use these.
  */
-import { existsSync } from 'node:fs'
-import { fileURLToPath } from 'node:url'
-import * as grpc from '@grpc/grpc-js'
-import * as protoLoader from '@grpc/proto-loader'
-import { NaiadError } from '../../lib/errors/index.ts'
+import type * as grpc from '@grpc/grpc-js'
+import { loadProto, protoPath } from '../../lib/proto/index.ts'
 
-const PROTO_REL = 'lib/proto/naiad/p2p/v1/scheduler.proto'
+const PROTO_REL = 'naiad/p2p/v1/scheduler.proto'
 
-/**
- * The .proto file: next to the sources (`p2p/grpc/` → repo root is two levels up), or from the
- * compiled `dist/p2p/grpc/` (three levels up). tsc does not copy .proto files, so both resolve to
- * the repository's lib/proto.
- */
+/** The .proto file (lib/proto/naiad/p2p/v1/scheduler.proto). */
 export function schedulerProtoPath (): string {
-  for (const up of ['../../', '../../../']) {
-    const p = fileURLToPath(new URL(up + PROTO_REL, import.meta.url))
-    if (existsSync(p)) return p
-  }
-  throw new NaiadError('NAIAD_INTERNAL', `cannot find ${PROTO_REL} next to ${fileURLToPath(import.meta.url)}`)
+  return protoPath(PROTO_REL)
 }
 
 let cached: grpc.GrpcObject | undefined
 
 function load (): grpc.GrpcObject {
-  cached ??= grpc.loadPackageDefinition(protoLoader.loadSync(schedulerProtoPath(), {
-    keepCase: false,
-    longs: Number,
-    enums: String,
-    bytes: Buffer,
-    defaults: true,
-    oneofs: true
-  }))
+  cached ??= loadProto(PROTO_REL, { bytes: Buffer })
   return cached
 }
 

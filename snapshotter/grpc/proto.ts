@@ -4,42 +4,20 @@
  * fields, numbers for int64, enum names as strings, maps as objects). Only the adapters in this
  * folder use these; convert.ts maps them to the domain types.
  */
-import { existsSync } from 'node:fs'
-import { dirname } from 'node:path'
-import { fileURLToPath } from 'node:url'
-import * as grpc from '@grpc/grpc-js'
-import * as protoLoader from '@grpc/proto-loader'
-import { NaiadError } from '../../lib/errors/index.ts'
+import type * as grpc from '@grpc/grpc-js'
+import { loadProto, protoPath } from '../../lib/proto/index.ts'
 
-const PROTO_REL = 'lib/proto/containerd/services/snapshots/v1/snapshots.proto'
+const PROTO_REL = 'containerd/services/snapshots/v1/snapshots.proto'
 
-/**
- * The .proto file: from the sources (`snapshotter/grpc/` → repo root two levels up) or from the
- * compiled `dist/snapshotter/grpc/` (three levels up); tsc does not copy .proto files.
- */
+/** The .proto file (lib/proto/containerd/services/snapshots/v1/snapshots.proto). */
 export function snapshotsProtoPath (): string {
-  for (const up of ['../../', '../../../']) {
-    const p = fileURLToPath(new URL(up + PROTO_REL, import.meta.url))
-    if (existsSync(p)) return p
-  }
-  throw new NaiadError('NAIAD_INTERNAL', `cannot find ${PROTO_REL} next to ${fileURLToPath(import.meta.url)}`)
+  return protoPath(PROTO_REL)
 }
 
 let cached: grpc.GrpcObject | undefined
 
 function load (): grpc.GrpcObject {
-  if (cached !== undefined) return cached
-  const file = snapshotsProtoPath()
-  // lib/proto is the include root: the proto imports "containerd/types/mount.proto"
-  const includeRoot = dirname(dirname(dirname(dirname(dirname(file)))))
-  cached = grpc.loadPackageDefinition(protoLoader.loadSync(file, {
-    keepCase: false,
-    longs: Number,
-    enums: String,
-    defaults: true,
-    oneofs: true,
-    includeDirs: [includeRoot]
-  }))
+  cached ??= loadProto(PROTO_REL)
   return cached
 }
 
