@@ -1,12 +1,12 @@
 /**
  * The configuration references docs/config/peer.md and docs/config/scheduler.md, generated from
- * the schemas (p2p/config.ts). `node dist/p2p/gen-config-docs.js` rewrites them; a test fails when
- * they are stale.
+ * the schemas (p2p/config.ts). `npm run gen:docs` (or `node dist/p2p/gen-config-docs.js`) rewrites
+ * them; a test fails when they are stale.
  */
 import { configReference } from '../lib/config/index.ts'
 import { peerConfigSchema, schedulerConfigSchema } from './config.ts'
 
-const NOTE = '<!-- generated from p2p/config.ts by `npm run build && node dist/p2p/gen-config-docs.js`; do not edit -->'
+const NOTE = '<!-- generated from p2p/config.ts by `npm run gen:docs` (or `node dist/p2p/gen-config-docs.js` after a build); do not edit -->'
 
 export function peerConfigDoc (): string {
   return [

@@ -219,7 +219,9 @@ export class DownloadEngine {
     if (this.closed) throw new NaiadError('NAIAD_CLOSED', 'download engine is closed')
     const digest = parseDigest(digestStr)
     const task = this.taskFor(digest)
-    task.ctx = ctx
+    // Keep a context with credentials for the same origin rather than replace it with one without
+    // (a later anonymous reader must not break the authenticated one's fetches on this node).
+    if (!(ctx.authorization === undefined && task.ctx?.authorization !== undefined && task.ctx.origin === ctx.origin)) task.ctx = ctx
     task.refs++
     this.deps.store.pin(task.id)
     this.cancelLinger(task)
@@ -474,12 +476,14 @@ export class DownloadEngine {
   }
 
   /**
-   * Read-ahead and prefetch pieces start only while no on-demand transfer of the task runs, so
-   * they do not split the bandwidth a reader is waiting on (a reader's next piece arrives at full
-   * speed, and can be relayed at full speed). On-demand pieces pass at once.
+   * While an on-demand transfer of the task runs, at most one other transfer runs beside it: a
+   * read-ahead or prefetch piece does not split the bandwidth a reader is waiting on more than
+   * that (its next piece arrives, and is relayed, nearly at full speed), yet the next piece is
+   * always on its way, so the origin or the parent never idles between pieces. On-demand pieces
+   * pass at once.
    */
   private async gate (task: Task, n: number): Promise<void> {
-    while (this.priorityOf(task, n) !== 'ondemand' && (task.urgent > 0 || task.transfers >= this.options.concurrentPieces) && !this.closed) {
+    while (this.priorityOf(task, n) !== 'ondemand' && ((task.urgent > 0 && task.transfers >= 2) || task.transfers >= this.options.concurrentPieces) && !this.closed) {
       await new Promise<void>(resolve => { task.gateWaiters.push(resolve) })
     }
   }
