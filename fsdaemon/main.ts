@@ -12,6 +12,7 @@ import { fsdConfigSchema, type FsdConfig } from './config.ts'
 import { FsDaemon } from './daemon.ts'
 import { ControlServer } from './control/server.ts'
 import { CacheManager } from './cache/index.ts'
+import { notifyReady, notifyStopping } from '../lib/systemd/index.ts'
 
 export interface FsdCliOptions {
   config?: string
@@ -78,6 +79,7 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
   const stop = (signal: string): Promise<void> => {
     stopping ??= (async () => {
       log.info({ signal }, 'shutting down: unmounting every mount')
+      await notifyStopping('fsdaemon stopping: unmounting', { log })
       await control?.close()
       await daemon.close()
       log.info('stopped')
@@ -103,6 +105,7 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
       log.info({ mountpoint: info.mountpoint, files: info.files }, 'ready')
     } else {
       log.info({ socket: cfg.socket.path }, 'ready')
+      await notifyReady(`fsdaemon ready: ${cfg.socket.path}`, { log })
     }
   } catch (err) {
     log.error({ err }, 'fsdaemon failed to start')

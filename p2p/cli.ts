@@ -15,6 +15,7 @@ import { peerConfigSchema, schedulerConfigSchema, type PeerConfig, type Schedule
 import { Peer } from './peer/peer.ts'
 import { preheat, type PreheatResult } from './preheat.ts'
 import { SchedulerServer } from './scheduler/server.ts'
+import { notifyReady, notifyStopping } from '../lib/systemd/index.ts'
 
 export interface Io {
   stdout: NodeJS.WritableStream & { isTTY?: boolean }
@@ -95,7 +96,9 @@ export function registerP2pCommands (program: Command, io: Io, setExit: (code: n
         log.info({ config: o.config ?? DEFAULT_PEER_CONFIG, configDigest: configDigest(config) }, 'configuration loaded')
         const stop = untilSignal(log)
         await peer.start()
+        await notifyReady(`peer ready: mirror ${config.mirror.listen}, upload ${config.upload.listen}`, { log })
         await stop
+        await notifyStopping('peer stopping', { log })
         await peer.close()
         setExit(0)
       } catch (err) {
@@ -140,7 +143,9 @@ export function registerP2pCommands (program: Command, io: Io, setExit: (code: n
         log.info({ config: o.config ?? DEFAULT_SCHEDULER_CONFIG, configDigest: configDigest(config) }, 'configuration loaded')
         const stop = untilSignal(log)
         await server.start()
+        await notifyReady(`scheduler ready: ${config.server.listen}`, { log })
         await stop
+        await notifyStopping('scheduler stopping', { log })
         await server.close()
         setExit(0)
       } catch (err) {

@@ -10,6 +10,7 @@ import { createLogger, type LogLevel } from '../lib/log/index.ts'
 import { snapshotterConfigSchema, type SnapshotterConfig } from './config.ts'
 import { SnapshotsServer } from './grpc/service.ts'
 import { LocalSnapshotter } from './local/overlay.ts'
+import { notifyReady } from '../lib/systemd/index.ts'
 
 export const DEFAULT_CONFIG = '/etc/naiad/snapshotter.toml'
 
@@ -65,6 +66,7 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
     await snapshotter.cleanup()
     await server.start()
     log.info({ socket: cfg.socket.path, root: cfg.root.dir }, 'ready')
+    await notifyReady(`snapshotter ready: ${cfg.socket.path}`, { log })
   } catch (err) {
     log.error({ err }, 'snapshotter failed to start')
     io.stderr.write(isNaiadError(err) ? `naiad: ${err.code}: ${err.message}\nhint: ${err.hint}\n` : `naiad: ${String(err)}\n`)
