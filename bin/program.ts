@@ -4,6 +4,7 @@ import { registerConverterCommands, type Io } from '../converter/cli.ts'
 import { registerP2pCommands } from '../p2p/cli.ts'
 import { registerFsdCommands } from '../fsdaemon/cli.ts'
 import { registerSnapshotterCommands } from '../snapshotter/cli.ts'
+import { registerPullCommand } from '../snapshotter/pull/cli.ts'
 
 function version (): string {
   try {
@@ -28,6 +29,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
   registerP2pCommands(program, io, (c) => { code = c })
   registerFsdCommands(program, io, (c) => { code = c })
   registerSnapshotterCommands(program, io, (c) => { code = c })
+  registerPullCommand(program, io, (c) => { code = c })
   for (const c of program.commands) c.exitOverride()
   try {
     await program.parseAsync(argv, { from: 'user' })

@@ -99,6 +99,13 @@ export const CODES = {
   NAIAD_SNAP_SOCKET: { kind: 'InvalidArgument', summary: 'the snapshotter cannot listen on its Unix socket', hint: 'the path must be shorter than 108 bytes and its directory writable; another snapshotter may be running' },
   NAIAD_SNAP_UNAVAILABLE: { kind: 'Unavailable', summary: 'the snapshotter could not be reached over its socket', hint: 'check that `naiad snapshotter` runs and the socket path is the one containerd (proxy_plugins) uses' },
 
+  // naiad pull (into containerd)
+  NAIAD_PULL_CONTAINERD_UNAVAILABLE: { kind: 'Unavailable', summary: 'containerd does not answer on its gRPC socket', hint: 'check that containerd runs and pass its socket with --address (default /run/containerd/containerd.sock); root is usually needed' },
+  NAIAD_PULL_CONTAINERD: { kind: 'FailedPrecondition', summary: 'containerd refused a request of the pull', hint: 'the message names the service, the method and containerd\'s own error; containerd\'s log has more' },
+  NAIAD_PULL_SNAPSHOTTER_UNKNOWN: { kind: 'NotFound', summary: 'containerd has no snapshotter of that name', hint: 'add naiad as [proxy_plugins.nydus] in containerd\'s config.toml and restart containerd, or pass --snapshotter' },
+  NAIAD_PULL_APPLY: { kind: 'FailedPrecondition', summary: 'containerd could not unpack a layer onto its snapshot', hint: 'a Nydus blob layer reaching this point means the snapshotter did not take it as remote: check the snapshotter log; otherwise the message quotes containerd\'s error' },
+  NAIAD_PULL_DIFF_ID_MISMATCH: { kind: 'DataLoss', summary: 'an unpacked layer does not match the diff id in the image config', hint: 'the image is inconsistent (config and layers from different builds); rebuild or re-push it' },
+
   // generic
   NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
   NAIAD_CLOSED: { kind: 'FailedPrecondition', summary: 'the component was already closed', hint: 'this is a bug in the caller' },
