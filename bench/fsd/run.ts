@@ -8,9 +8,13 @@
  *      same registry;
  *   4. bytes fetched to run `python3 -c 'print("hello")'` from an image holding a Python runtime,
  *      against the image's size.
- * Usage (root): npm run bench:fsd [-- --size 256MiB --files 10000]
+ * Usage (root): npm run bench:fsd [-- --size 256MiB --files 10000 --only cold,warm,walk,python
+ *   --profile DIR (the daemons run with --cpu-prof, profiles in DIR)
+ *   --perf DIR (perf record -a -g of the machine during the cold and warm reads)
+ *   --node-flags '--trace-gc …' (node flags for the daemons; their output passed through)
+ *   --config FILE (an fsd.toml for the daemons)]
  */
-import { execFile, execFileSync } from 'node:child_process'
+import { execFile, execFileSync, spawn } from 'node:child_process'
 import { copyFileSync, cpSync, mkdirSync, mkdtempSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { cpus, tmpdir } from 'node:os'
 import { dirname, join } from 'node:path'
@@ -19,7 +23,7 @@ import { Writable } from 'node:stream'
 import { run } from '../../bin/program.ts'
 import { buildImage, patternBytes, pushImage } from '../../test/helpers/images.ts'
 import { startRegistry } from '../../test/helpers/registry.ts'
-import { startNaiad, type Daemon } from '../../test/helpers/daemon.ts'
+import { NAIAD_BIN, startNaiad, type Daemon } from '../../test/helpers/daemon.ts'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
 import { parseSize } from '../../lib/config/index.ts'
 
@@ -28,6 +32,24 @@ const args = process.argv.slice(2)
 const arg = (name: string, def: string): string => { const i = args.indexOf(name); return i >= 0 && args[i + 1] !== undefined ? args[i + 1]! : def }
 const SIZE = parseSize(arg('--size', '256MiB')) ?? 256 << 20
 const FILES = Number(arg('--files', '10000'))
+const ONLY = new Set(arg('--only', 'cold,warm,walk,python').split(','))
+const PROFILE = arg('--profile', '')
+const PERF = arg('--perf', '')
+const NODE_FLAGS = arg('--node-flags', '').split(' ').filter(f => f !== '')
+const CONFIG = arg('--config', '')
+
+/** With --perf DIR: `perf record -a -g` of the whole machine around one measured step. */
+async function perfAround<T> (name: string, fn: () => Promise<T>): Promise<T> {
+  if (PERF === '') return await fn()
+  const p = spawn('perf', ['record', '-a', '-g', '-o', join(PERF, `${name}.perf.data`)], { stdio: 'ignore' })
+  await new Promise(resolve => setTimeout(resolve, 500))
+  try {
+    return await fn()
+  } finally {
+    p.kill('SIGINT')
+    await new Promise(resolve => p.once('exit', resolve))
+  }
+}
 
 async function naiad (...argv: string[]): Promise<string> {
   const out: string[] = []; const err: string[] = []
@@ -43,6 +65,38 @@ async function timed (cmd: string, argv: string[]): Promise<number> {
   return Number(process.hrtime.bigint() - t0) / 1e9
 }
 
+/**
+ * The daemon under `node --cpu-prof` (not allowed in NODE_OPTIONS; the profile is written when it
+ * exits) and/or other node flags, its output passed through.
+ */
+function startProfiled (argv: string[], file: string): Daemon {
+  const prof = PROFILE !== '' ? ['--cpu-prof', `--cpu-prof-dir=${PROFILE}`, `--cpu-prof-name=${file}`] : []
+  const child = spawn(process.execPath, [...prof, ...NODE_FLAGS, NAIAD_BIN, ...argv], { stdio: ['ignore', 'inherit', 'inherit'] })
+  const exited = new Promise<number | string>((resolve) => { child.once('exit', (code, sig) => { resolve(code ?? sig ?? -1) }) })
+  const stop = async (graceMs = 15_000): Promise<number | string> => {
+    if (child.exitCode !== null || child.signalCode !== null) return child.exitCode ?? child.signalCode ?? -1
+    child.kill('SIGTERM')
+    const t = setTimeout(() => child.kill('SIGKILL'), graceMs)
+    const r = await exited
+    clearTimeout(t)
+    return r
+  }
+  return { child, pid: child.pid ?? -1, output: () => '', waitFor: async () => { throw new Error('not with --profile') }, stop, kill: async () => { child.kill('SIGKILL'); await exited } }
+}
+
+/** [user, system] CPU seconds of a process (all threads). */
+function cpuUS (pid: number): [number, number] {
+  try {
+    const f = readFileSync(`/proc/${pid}/stat`, 'utf8').split(') ')[1]!.split(' ')
+    return [Number(f[11]) / 100, Number(f[12]) / 100]
+  } catch { return [NaN, NaN] }
+}
+
+/** `fsd 1.2 s (user 0.8 + system 0.4)` between two cpuUS readings. */
+function cpuDelta (name: string, a: [number, number], b: [number, number]): string {
+  return `${name} ${(b[0] + b[1] - a[0] - a[1]).toFixed(2)} s (user ${(b[0] - a[0]).toFixed(2)} + system ${(b[1] - a[1]).toFixed(2)})`
+}
+
 function dropCaches (): void {
   try { writeFileSync('/proc/sys/vm/drop_caches', '3') } catch { /* not permitted: results include page cache */ }
 }
@@ -56,14 +110,14 @@ async function main (): Promise<void> {
   try {
     process.stderr.write(`building images in ${work} …\n`)
     const big = buildImage({ workDir: join(work, 'big'), layers: [(r) => { writeFileSync(join(r, 'big.bin'), patternBytes(SIZE, 11)) }] })
-    const meta = buildImage({ workDir: join(work, 'meta'), layers: [(r) => {
+    const meta = !ONLY.has('walk') ? undefined : buildImage({ workDir: join(work, 'meta'), layers: [(r) => {
       for (let i = 0; i < FILES; i++) {
         const d = join(r, `d${i % 100}`)
         if (i < 100) mkdirSync(d)
         writeFileSync(join(d, `f${i}.txt`), `file ${i}\n`)
       }
     }] })
-    const py = buildImage({ workDir: join(work, 'py'), layers: [(r) => {
+    const py = !ONLY.has('python') ? undefined : buildImage({ workDir: join(work, 'py'), layers: [(r) => {
       for (const f of ['/usr/bin/python3.11', '/lib/x86_64-linux-gnu/libm.so.6', '/lib/x86_64-linux-gnu/libz.so.1', '/lib/x86_64-linux-gnu/libexpat.so.1', '/lib/x86_64-linux-gnu/libc.so.6', '/lib64/ld-linux-x86-64.so.2']) {
         mkdirSync(dirname(join(r, f)), { recursive: true })
         copyFileSync(f, join(r, f))
@@ -72,6 +126,7 @@ async function main (): Promise<void> {
       cpSync('/usr/lib/python3.11', join(r, 'usr/lib/python3.11'), { recursive: true, filter: (s) => !s.includes('/test/') && !s.includes('__pycache__') })
     }] })
     for (const [img, name] of [[big, 'big'], [meta, 'meta'], [py, 'py']] as const) {
+      if (img === undefined) continue
       pushImage(img, reg.host, `bench/${name}:v1`)
       await naiad('convert', '--source', `${reg.host}/bench/${name}:v1`, '--target', `${reg.host}/bench/${name}:nydus`)
     }
@@ -82,7 +137,8 @@ async function main (): Promise<void> {
     const fsd = async (name: string, image: string, extra: string[] = [], cache = join(work, `${name}-cache`)): Promise<{ d: Daemon, mnt: string, sock: string }> => {
       const mnt = join(work, `${name}-mnt`)
       const sock = join(work, `${name}.sock`)
-      const d = startNaiad(['fsd', '--image', image, '--mountpoint', mnt, '--cache-dir', cache, '--state-dir', join(work, `${name}-state`), '--socket', sock, '--log-level', 'warn', '--no-prefetch', ...extra])
+      const argv = ['fsd', '--image', image, '--mountpoint', mnt, '--cache-dir', cache, '--state-dir', join(work, `${name}-state`), '--socket', sock, '--log-level', 'warn', '--no-prefetch', ...(CONFIG !== '' ? ['--config', CONFIG] : []), ...extra]
+      const d = PROFILE !== '' || NODE_FLAGS.length > 0 ? startProfiled(argv, `${name}.cpuprofile`) : startNaiad(argv)
       daemons.push(d)
       return { d, mnt, sock }
     }
@@ -95,31 +151,35 @@ async function main (): Promise<void> {
       throw new Error('fsd not ready')
     }
 
-    // 3. cold read through the registry vs curl of the blob
-    {
+    // 3. cold read through the registry vs curl of the blob (the warm read needs its cache)
+    if (ONLY.has('cold') || ONLY.has('warm')) {
       dropCaches()
       const curlS = await timed('curl', ['-s', '-o', '/dev/null', `${reg.url}/v2/bench/big/blobs/sha256:${blob.blobId}`])
       const { d, mnt, sock } = await fsd('cold', `${reg.host}/bench/big:nydus`)
       await ready(sock)
       dropCaches()
-      const s = await timed('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M'])
+      const [c0, r0] = [cpuUS(d.pid), cpuUS(reg.pid)]
+      const s = await perfAround('cold', async () => await timed('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M']))
+      process.stderr.write(`cold read: ${s.toFixed(2)} s; CPU used meanwhile: ${cpuDelta('fsd', c0, cpuUS(d.pid))}, ${cpuDelta('registry', r0, cpuUS(reg.pid))}\n`)
       row(`cold read ${mib} MiB through the registry source`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)`, `curl of the ${(blob.compressedSize / 2 ** 20).toFixed(0)} MiB blob`, `${curlS.toFixed(2)} s`, `${(curlS / s).toFixed(2)}×`)
       await d.stop()
     }
     // 1. warm read: chunks in the disk cache (from the cold run), FUSE page cache empty
-    {
+    if (ONLY.has('warm')) {
       const cache = join(work, 'cold-cache')
       const { d, mnt, sock } = await fsd('warm', `${reg.host}/bench/big:nydus`, [], cache)
       await ready(sock)
       const data = join(cache, `${blob.blobId}.blob.data`)
       await timed('dd', [`if=${data}`, 'of=/dev/null', 'bs=1M']) // cache file into the page cache
       const base = await timed('dd', [`if=${data}`, 'of=/dev/null', 'bs=1M'])
-      const s = await timed('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M'])
+      const c0 = cpuUS(d.pid)
+      const s = await perfAround('warm', async () => await timed('dd', [`if=${join(mnt, 'big.bin')}`, 'of=/dev/null', 'bs=1M']))
+      process.stderr.write(`warm read: ${s.toFixed(2)} s; CPU used meanwhile: ${cpuDelta('fsd', c0, cpuUS(d.pid))}\n`)
       row(`warm sequential read ${mib} MiB (chunks cached on disk)`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)`, 'dd of the cache file', `${base.toFixed(2)} s (${(statSync(data).size / 2 ** 20 / base).toFixed(0)} MiB/s)`, `${(base / s).toFixed(2)}×`)
       await d.stop()
     }
     // 2. metadata walk
-    {
+    if (ONLY.has('walk')) {
       const { d, mnt, sock } = await fsd('meta', `${reg.host}/bench/meta:nydus`)
       await ready(sock)
       const local = join(work, 'meta', 'layer0')
@@ -132,7 +192,7 @@ async function main (): Promise<void> {
       await d.stop()
     }
     // 4. python hello: bytes fetched vs image size
-    {
+    if (ONLY.has('python')) {
       const { d, mnt, sock } = await fsd('py', `${reg.host}/bench/py:nydus`)
       await ready(sock)
       const out = (await exec('chroot', [mnt, '/usr/bin/python3.11', '-c', 'import os, json; print("hello")'])).stdout.trim()
