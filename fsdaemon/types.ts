@@ -59,9 +59,11 @@ export type BlobCacheStats = BlobStats
 export interface ChunkReader {
   /**
    * Reads `length` bytes at `offset` within the uncompressed chunk `ref` (offset + length ≤
-   * ref.uncompressedSize), fetching and verifying the chunk first if it is not cached.
+   * ref.uncompressedSize), fetching and verifying the chunk first if it is not cached. With
+   * `into` (`length` bytes), cached bytes are read straight into it and it is returned; other
+   * results (fresh from a fetch) may come in another buffer.
    */
-  read (ref: ChunkRef, offset: number, length: number, fetcher: ChunkFetcher, opts?: FetchOptions): Promise<Buffer>
+  read (ref: ChunkRef, offset: number, length: number, fetcher: ChunkFetcher, opts?: FetchOptions & { into?: Buffer }): Promise<Buffer>
   /** Makes the chunks ready (fetching missing ones, merged), e.g. for prefetch. */
   ensure (refs: readonly ChunkRef[], fetcher: ChunkFetcher, opts?: FetchOptions): Promise<void>
   isReady (chunkIndex: number): boolean

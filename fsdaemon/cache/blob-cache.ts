@@ -9,7 +9,8 @@
  * - Reads of ready chunks are preads of just the bytes asked for.
  * - A missing chunk is fetched once however many readers want it (single-flight); missing chunks
  *   wanted together are merged into Range requests (merge.ts).
- * - Every fetched chunk is decompressed and checked against its digest (BlobReader.decodeChunk)
+ * - Every fetched chunk is decompressed and checked against its digest (in ChunkDecodePool worker
+ *   threads, the same checks as BlobReader.decodeChunk)
  *   before it is written or served. Bytes that fail are never served: the chunk is fetched again
  *   with the source that served them excluded, `digestFailures` counts it and a warning names the
  *   blob, chunk and source. When no source serves good bytes: NAIAD_FS_CHUNK_CORRUPT.
@@ -29,11 +30,11 @@ import { constants } from 'node:fs'
 import { mkdir, open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NaiadError, ioError, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
-import { BlobReader } from '../../lib/format/blob.ts'
+import { ChunkDecodePool } from '../../lib/format/decode-pool.ts'
 import type { BlobInfo, ChunkRef } from '../../lib/format/types.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import type { BlobCacheStats, ChunkFetcher, ChunkReader, FetchOptions, FetchPriority, FetchResult } from '../types.ts'
-import { abortReason, checkBlobId, describeError, raceSignal } from '../fetch/util.ts'
+import { abortReason, checkBlobId, describeError, isOwnedBuffer, raceSignal } from '../fetch/util.ts'
 import { CHUNK_MAP_HEADER_SIZE, bitmapBytes, chunkMapSize, clearBit, decodeChunkMap, encodeChunkMapHeader, popcount, setBit, testBit } from './chunk-map.ts'
 import { planRequests, type RangeRequest } from './merge.ts'
 import { preadFully } from '../../lib/io/index.ts'
@@ -42,6 +43,16 @@ export const DEFAULT_MAX_REQUEST_BYTES = 1024 * 1024
 
 export interface BlobCacheDeps {
   logger?: Logger
+  /** Decompresses and verifies fetched chunks (default: one worker pool shared by the process). */
+  decoder?: ChunkDecodePool
+}
+
+let sharedDecoder: ChunkDecodePool | undefined
+
+/** The process-wide decoder: two worker threads, started on the first fetch. */
+export function sharedChunkDecoder (): ChunkDecodePool {
+  sharedDecoder ??= new ChunkDecodePool({ workers: 2 })
+  return sharedDecoder
 }
 
 export interface BlobCacheOptions {
@@ -97,6 +108,7 @@ export class BlobCache implements ChunkReader {
   readonly mapPath: string
   private readonly dir: string
   private readonly log: Logger
+  private readonly decoder: ChunkDecodePool
   private readonly maxRequestBytes: number
   private readonly maxGapBytes: number
   private readonly flushIntervalMs: number
@@ -129,6 +141,7 @@ export class BlobCache implements ChunkReader {
     this.dataPath = join(options.dir, `${blob.blobId}.blob.data`)
     this.mapPath = join(options.dir, `${blob.blobId}.chunk_map`)
     this.log = (deps.logger ?? nullLogger()).child({ component: 'fsdaemon.cache', blobId: blob.blobId })
+    this.decoder = deps.decoder ?? sharedChunkDecoder()
     this.maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES
     this.maxGapBytes = options.maxGapBytes ?? Math.floor(this.maxRequestBytes / 128)
     this.flushIntervalMs = options.flushIntervalMs ?? 1000
@@ -269,7 +282,7 @@ export class BlobCache implements ChunkReader {
     }
   }
 
-  async read (ref: ChunkRef, offset: number, length: number, fetcher: ChunkFetcher, opts: FetchOptions = {}): Promise<Buffer> {
+  async read (ref: ChunkRef, offset: number, length: number, fetcher: ChunkFetcher, opts: FetchOptions & { into?: Buffer } = {}): Promise<Buffer> {
     this.checkOpen()
     this.checkRef(ref)
     if (!Number.isSafeInteger(offset) || !Number.isSafeInteger(length) || offset < 0 || length < 0 || offset + length > ref.uncompressedSize) {
@@ -281,7 +294,7 @@ export class BlobCache implements ChunkReader {
       if (testBit(this.ready, ref.index)) {
         let b: Buffer | undefined
         try {
-          b = await this.pread(ref.uncompressedOffset + offset, length)
+          b = await this.pread(ref.uncompressedOffset + offset, length, opts.into)
         } catch (err) {
           if (this.state !== 'open') throw err
           // a disk error on the cache file is not the reader's problem: fetch the chunk again
@@ -343,9 +356,9 @@ export class BlobCache implements ChunkReader {
     }
   }
 
-  private async pread (position: number, length: number): Promise<Buffer | undefined> {
+  private async pread (position: number, length: number, into?: Buffer): Promise<Buffer | undefined> {
     const fh = this.dataFh as FileHandle
-    const buf = Buffer.allocUnsafe(length)
+    const buf = into !== undefined && into.length === length ? into : Buffer.allocUnsafe(length)
     let got: number
     try {
       got = await preadFully(fh, buf, position)
@@ -427,26 +440,31 @@ export class BlobCache implements ChunkReader {
         }
         this.counters.requests++
         this.bytesFetched[res.source] = (this.bytesFetched[res.source] ?? 0) + res.data.length
-        for (const c of r.chunks) {
-          const raw = res.data.subarray(c.compressedOffset - r.start, c.compressedOffset - r.start + c.compressedSize)
-          let data: Buffer
-          try {
-            data = BlobReader.decodeChunk(c, raw)
-          } catch (err) {
-            this.counters.digestFailures++
-            this.badBytesFrom[res.source] = (this.badBytesFrom[res.source] ?? 0) + 1
-            exclude.add(res.source)
-            const list = bad.get(c.index) ?? []
-            list.push(res.source)
-            bad.set(c.index, list)
-            this.log.warn({ chunkIndex: c.index, source: res.source, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize, err },
-              'chunk failed verification: not served, fetching it from another source')
-            again.push(c)
-            continue
-          }
-          this.counters.chunksVerified++
-          await this.commit(c, data)
-          this.settle(c.index, mine, data)
+        // decompress + verify in the decoder's worker threads (the fetched bytes are handed over)
+        const decoded = await this.decoder.decode(r.chunks, res.data, r.start, isOwnedBuffer(res.data))
+        const good: Array<{ c: ChunkRef, data: Buffer }> = []
+        r.chunks.forEach((c, i) => {
+          const d = decoded[i]!
+          if (!(d instanceof Error)) { good.push({ c, data: d }); return }
+          this.counters.digestFailures++
+          this.badBytesFrom[res.source] = (this.badBytesFrom[res.source] ?? 0) + 1
+          exclude.add(res.source)
+          const list = bad.get(c.index) ?? []
+          list.push(res.source)
+          bad.set(c.index, list)
+          this.log.warn({ chunkIndex: c.index, source: res.source, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize, err: d },
+            'chunk failed verification: not served, fetching it from another source')
+          again.push(c)
+        })
+        this.counters.chunksVerified += good.length
+        // chunks next to each other in the cache file (and in memory) are written with one write
+        for (let i = 0; i < good.length;) {
+          let j = i + 1
+          while (j < good.length && adjacent(good[j - 1]!, good[j]!)) j++
+          const group = good.slice(i, j)
+          await this.commit(group)
+          for (const g of group) this.settle(g.c.index, mine, g.data)
+          i = j
         }
       }
       pending = again.length > 0 ? planRequests(again, this.maxRequestBytes, this.maxGapBytes) : []
@@ -467,18 +485,26 @@ export class BlobCache implements ChunkReader {
     return new NaiadError('NAIAD_FS_SOURCES_EXHAUSTED', `chunk ${c.index} of blob ${blobId}: ${cause}`, { cause: err, details: { blobId, chunkIndex: c.index } })
   }
 
-  /** Writes a verified chunk and marks it ready; a failed write only costs the caching. */
-  private async commit (c: ChunkRef, data: Buffer): Promise<void> {
+  /**
+   * Writes verified chunks (adjacent in the cache file and in memory) and marks them ready; a
+   * failed write only costs the caching.
+   */
+  private async commit (group: ReadonlyArray<{ c: ChunkRef, data: Buffer }>): Promise<void> {
+    const first = group[0]!
+    const last = group[group.length - 1]!
+    const bytes = group.length === 1 ? first.data : Buffer.from(first.data.buffer, first.data.byteOffset, last.data.byteOffset + last.data.length - first.data.byteOffset)
     try {
-      await writeAll(this.dataFh as FileHandle, data, c.uncompressedOffset)
+      await writeAll(this.dataFh as FileHandle, bytes, first.c.uncompressedOffset)
     } catch (err) {
-      this.counters.writeErrors++
-      this.log.warn({ chunkIndex: c.index, err: ioError('write cache file', this.dataPath, err) }, 'cannot cache a chunk; serving it from memory')
+      this.counters.writeErrors += group.length
+      this.log.warn({ chunkIndex: first.c.index, chunks: group.length, err: ioError('write cache file', this.dataPath, err) }, 'cannot cache a chunk; serving it from memory')
       return
     }
-    if (!testBit(this.ready, c.index)) {
-      setBit(this.ready, c.index)
-      this.readyCount++
+    for (const { c } of group) {
+      if (!testBit(this.ready, c.index)) {
+        setBit(this.ready, c.index)
+        this.readyCount++
+      }
     }
     this.dirty = true
     this.scheduleFlush()
@@ -557,6 +583,12 @@ export class BlobCache implements ChunkReader {
 
   /** Chunks ready now (in memory; the persisted bitmap may lag by one flush). */
   get readyChunks (): number { return this.readyCount }
+}
+
+/** True when b follows a directly, both in the cache file and in memory (one write covers both). */
+function adjacent (a: { c: ChunkRef, data: Buffer }, b: { c: ChunkRef, data: Buffer }): boolean {
+  return b.c.uncompressedOffset === a.c.uncompressedOffset + a.c.uncompressedSize &&
+    b.data.buffer === a.data.buffer && b.data.byteOffset === a.data.byteOffset + a.data.length
 }
 
 async function readAll (fh: FileHandle, buf: Buffer, position: number): Promise<void> {

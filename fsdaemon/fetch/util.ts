@@ -85,7 +85,8 @@ export async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
  * NAIAD_REG_UNAVAILABLE (a body cut short). Stream errors propagate unchanged.
  */
 export async function readExact (stream: Readable, length: number, what: string): Promise<Buffer> {
-  const out = Buffer.allocUnsafe(length)
+  const out = Buffer.allocUnsafeSlow(length)
+  owned.add(out)
   let n = 0
   try {
     for await (const c of stream) {
@@ -101,6 +102,16 @@ export async function readExact (stream: Readable, length: number, what: string)
   }
   if (n !== length) throw new NaiadError('NAIAD_REG_UNAVAILABLE', `${what}: the body ended after ${n} of ${length} bytes`)
   return out
+}
+
+const owned = new WeakSet<Buffer>()
+
+/**
+ * True for a buffer that readExact made for one fetch and nobody else holds: its consumer may
+ * hand its memory on (transfer it to a worker thread) instead of copying it.
+ */
+export function isOwnedBuffer (b: Buffer): boolean {
+  return owned.has(b)
 }
 
 /** Throws NAIAD_INTERNAL unless [start, end] is a valid inclusive byte range. */

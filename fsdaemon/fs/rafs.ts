@@ -146,8 +146,11 @@ export class RafsFilesystem implements FuseFilesystem {
     return { blocks, bfree: 0, bavail: 0, files: this.b.inodeCount, ffree: 0, bsize: 4096, namelen: 255, frsize: 4096 }
   }
 
-  /** Reads file data through the chunk caches. */
-  async read (nodeid: number, offset: number, size: number, opts: FetchOptions = {}): Promise<Buffer> {
+  /**
+   * Reads file data through the chunk caches. With `into` (at least `size` bytes), the result is
+   * a view of it: cached chunks are read from the cache file straight into it.
+   */
+  async read (nodeid: number, offset: number, size: number, opts: FetchOptions & { into?: Buffer } = {}): Promise<Buffer> {
     const nid = this.nid(nodeid)
     const a = this.inode(nid)
     if (a.type === 'dir') throw new FuseErrno(Errno.EISDIR)
@@ -176,17 +179,30 @@ export class RafsFilesystem implements FuseFilesystem {
         this.readAhead(chunks, from, last + 1 + window)
       }
     }
+    const into = opts.into !== undefined && opts.into.length >= end - offset ? opts.into : undefined
+    const { into: _into, ...fetchOpts } = opts
     try {
-      if (this.amplify > 0) await this.amplifyMisses(chunks, first, last, opts)
-      const parts = await Promise.all(Array.from({ length: last - first + 1 }, async (_, k) => {
+      if (this.amplify > 0) await this.amplifyMisses(chunks, first, last, fetchOpts)
+      // every part settles before this returns or throws: none may still write into `into`
+      const settled = await Promise.allSettled(Array.from({ length: last - first + 1 }, async (_, k) => {
         const i = first + k
         const ref = chunks[i]
         if (ref === undefined) throw new FuseErrno(Errno.EIO, `inode ${nid} has no chunk ${i}`)
         const from = i === first ? offset - i * cs : 0
         const to = i === last ? end - i * cs : ref.uncompressedSize
-        return await this.deps.cacheFor(ref.blob).read(ref, from, to - from, this.deps.fetcher, opts)
+        if (into === undefined) return await this.deps.cacheFor(ref.blob).read(ref, from, to - from, this.deps.fetcher, fetchOpts)
+        const pos = i * cs + from - offset
+        const dst = into.subarray(pos, pos + to - from)
+        const got = await this.deps.cacheFor(ref.blob).read(ref, from, to - from, this.deps.fetcher, { ...fetchOpts, into: dst })
+        if (got.buffer !== dst.buffer || got.byteOffset !== dst.byteOffset) got.copy(dst)
+        return dst
       }))
-      const out = parts.length === 1 ? parts[0]! : Buffer.concat(parts)
+      const parts: Buffer[] = []
+      for (const r of settled) {
+        if (r.status === 'rejected') throw r.reason
+        parts.push(r.value)
+      }
+      const out = into !== undefined ? into.subarray(0, end - offset) : parts.length === 1 ? parts[0]! : Buffer.concat(parts)
       this.readStats.bytes += out.length
       return out
     } catch (err) {

@@ -52,7 +52,11 @@ export interface FuseFilesystem {
   getattr (nodeid: number): Promise<Attr>
   readlink (nodeid: number): Promise<Buffer>
   open (nodeid: number, flags: number): Promise<void>
-  read (nodeid: number, offset: number, size: number): Promise<Buffer>
+  /**
+   * Up to `size` bytes at `offset`. `into` (`size` bytes) may hold the result: the session reuses
+   * it once the reply is written, so the result must not be kept.
+   */
+  read (nodeid: number, offset: number, size: number, opts?: { into?: Buffer }): Promise<Buffer>
   opendir (nodeid: number): Promise<void>
   /** The whole listing including "." and ".."; the session pages through it by index. */
   readdir (nodeid: number): Promise<readonly FuseDirEntry[]>
@@ -82,7 +86,6 @@ export interface FuseSessionOptions {
 
 export interface FuseStats { requests: number, errors: number, bytesRead: number }
 
-const writevP = promisify(writevFd)
 const openP = promisify(openFile)
 const closeP = promisify(closeFd)
 
@@ -94,18 +97,21 @@ const READER_WORKER = `
 const { readSync } = require('node:fs')
 const { parentPort, workerData } = require('node:worker_threads')
 const { fd, size } = workerData
+// one read buffer for the thread's life; each request is posted as a right-sized copy (requests
+// of a read-only filesystem are small), so no large buffer is allocated per request
+const buf = new Uint8Array(size)
 for (;;) {
-  const buf = new ArrayBuffer(size)
   let n
   try {
-    n = readSync(fd, new Uint8Array(buf), 0, size, null)
+    n = readSync(fd, buf, 0, size, null)
   } catch (err) {
     if (err.code === 'ENOENT' || err.code === 'EINTR' || err.code === 'EAGAIN') continue
     parentPort.postMessage({ end: err.code || String(err) })
     break
   }
   if (n === 0) { parentPort.postMessage({ end: 'EOF' }); break }
-  parentPort.postMessage({ buf, n }, [buf])
+  const req = buf.buffer.slice(0, n)
+  parentPort.postMessage({ buf: req, n }, [req])
 }
 `
 
@@ -223,13 +229,34 @@ export class FuseSession {
   }
 
   private reply (unique: bigint, error: number, ...parts: Buffer[]): void {
-    if (this.fd < 0) return
+    this.replyThen(undefined, unique, error, ...parts)
+  }
+
+  /** reply(), then `done` once the kernel has the bytes (or the write failed). */
+  private replyThen (done: (() => void) | undefined, unique: bigint, error: number, ...parts: Buffer[]): void {
+    if (this.fd < 0) { done?.(); return }
     const len = OUT_HEADER + parts.reduce((s, p) => s + p.length, 0)
     // one writev: the kernel takes a reply only as a single write, and no copy of the data
-    writevP(this.fd, [outHeader(len, -error, unique), ...parts]).catch((err: NodeJS.ErrnoException) => {
+    writevFd(this.fd, [outHeader(len, -error, unique), ...parts], (err) => {
+      done?.()
       // ENOENT: the request was interrupted and is gone; anything else is worth a log line
-      if (err.code !== 'ENOENT' && err.code !== 'EBADF') this.deps.log.warn({ err }, 'writing a FUSE reply failed')
+      if (err !== null && err.code !== 'ENOENT' && err.code !== 'EBADF') this.deps.log.warn({ err }, 'writing a FUSE reply failed')
     })
+  }
+
+  /**
+   * Reply buffers for READ, reused: a fresh 1 MiB ArrayBuffer per read would make V8 run a full
+   * garbage collection every few dozen reads (external memory pressure).
+   */
+  private readonly replyPool: Buffer[] = []
+
+  private takeReplyBuffer (size: number): Buffer {
+    if (size > this.opts.maxRead) return Buffer.allocUnsafeSlow(size)
+    return this.replyPool.pop() ?? Buffer.allocUnsafeSlow(this.opts.maxRead)
+  }
+
+  private giveReplyBuffer (b: Buffer): void {
+    if (b.length === this.opts.maxRead && this.replyPool.length < 64) this.replyPool.push(b)
   }
 
   private dispatch (req: Buffer): void {
@@ -303,9 +330,16 @@ export class FuseSession {
       }
       case Op.READ: {
         const r = decodeReadIn(req)
-        const data = await fs.read(h.nodeid, r.offset, r.size)
+        const into = this.takeReplyBuffer(r.size)
+        let data: Buffer
+        try {
+          data = await fs.read(h.nodeid, r.offset, r.size, { into: into.subarray(0, r.size) })
+        } catch (err) {
+          this.giveReplyBuffer(into)
+          throw err
+        }
         this.stats.bytesRead += data.length
-        this.reply(h.unique, 0, data)
+        this.replyThen(() => { this.giveReplyBuffer(into) }, h.unique, 0, data)
         return
       }
       case Op.RELEASE:

@@ -1,0 +1,217 @@
+/**
+ * ChunkDecodePool: decompresses and verifies data-blob chunks in worker threads, so a process
+ * serving reads (the fsdaemon) keeps its main thread for I/O. Same contract as
+ * `BlobReader.decodeChunk`: a chunk's bytes are returned only if they decompress to exactly its
+ * uncompressed size and match its digest; otherwise that chunk's entry is the error
+ * (NAIAD_FMT_TRUNCATED, NAIAD_FMT_DECOMPRESS or NAIAD_FMT_CHUNK_DIGEST) that decodeChunk throws.
+ *
+ * One job = the chunks of one fetched range: the range's bytes go to a worker (transferred, not
+ * copied, when the caller says it owns them), the worker decodes every chunk into one new buffer
+ * (packed in order) and transfers it back; the caller gets one subarray per chunk. zstd and raw
+ * chunks are decoded in the workers; lz4_block chunks (and everything, if workers cannot start)
+ * on the calling thread. Workers are unref'd while idle: they never keep the process alive.
+ */
+import { createRequire } from 'node:module'
+import { Worker } from 'node:worker_threads'
+import { NaiadError } from '../errors/index.ts'
+import { BlobReader } from './blob.ts'
+import type { ChunkRef } from './types.ts'
+
+/** The worker (CommonJS, evaluated: no file to locate from dist/ or from source). */
+const WORKER_SOURCE = `
+const { parentPort, workerData } = require('node:worker_threads')
+const { createHash } = require('node:crypto')
+const zstd = require(workerData.zstdPath)
+const { blake3 } = require(workerData.blakePath)
+const dctx = new zstd.DCtx()
+parentPort.on('message', (m) => {
+  const src = Buffer.from(m.buf, m.off, m.len)
+  const out = Buffer.allocUnsafeSlow(m.total)
+  const results = []
+  let pos = 0
+  for (const c of m.chunks) {
+    const dst = out.subarray(pos, pos + c.u)
+    pos += c.u
+    const raw = src.subarray(c.o, c.o + c.c)
+    try {
+      if (c.z) {
+        let n
+        try {
+          n = dctx.decompress(dst, raw)
+        } catch (err) {
+          results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: 'zstd: ' + (err && err.message ? err.message : String(err)) })
+          continue
+        }
+        if (n !== c.u) { results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: 'zstd: decoded ' + n + ' bytes, expected ' + c.u }); continue }
+      } else {
+        if (raw.length !== c.u) { results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: 'raw chunk has ' + raw.length + ' bytes, expected ' + c.u }); continue }
+        raw.copy(dst)
+      }
+      const d = c.h === 'blake3' ? blake3(dst) : createHash('sha256').update(dst).digest()
+      if (!d.equals(c.d)) { results.push({ code: 'NAIAD_FMT_CHUNK_DIGEST' }); continue }
+      results.push(null)
+    } catch (err) {
+      results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: String(err && err.message ? err.message : err) })
+    }
+  }
+  parentPort.postMessage({ id: m.id, out: out.buffer, results }, [out.buffer])
+})
+`
+
+interface WireChunk { o: number, c: number, u: number, z: boolean, h: string, d: Uint8Array }
+interface WireResult { code: string, message?: string }
+interface Reply { id: number, out: ArrayBuffer, results: Array<WireResult | null> }
+interface Job {
+  id: number
+  refs: readonly ChunkRef[]
+  data: Buffer
+  dataStart: number
+  owned: boolean
+  resolve: (r: Array<Buffer | NaiadError>) => void
+}
+interface PoolWorker { worker: Worker, jobs: Map<number, Job> }
+
+export interface ChunkDecodePoolOptions {
+  /** Worker threads (default 2; 0 decodes on the calling thread). */
+  workers?: number
+}
+
+export class ChunkDecodePool {
+  private readonly size: number
+  private readonly workers: PoolWorker[] = []
+  private nextId = 1
+  private next = 0
+  private broken = false
+  private paths: { zstdPath: string, blakePath: string } | undefined
+
+  constructor (options: ChunkDecodePoolOptions = {}) {
+    this.size = Math.max(0, Math.floor(options.workers ?? 2))
+  }
+
+  /** Worker threads running now (they start on first use). */
+  get running (): number { return this.workers.length }
+
+  /**
+   * Decodes `refs` (sorted by compressed offset, all inside `data`, whose first byte is at
+   * `dataStart` in the blob). `owned`: the caller hands `data` over (its ArrayBuffer may be
+   * transferred to a worker and detached here); otherwise it is copied. Never rejects: every
+   * chunk's entry is its bytes or its error.
+   */
+  async decode (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<Array<Buffer | NaiadError>> {
+    for (const r of refs) {
+      if (r.compressedOffset < dataStart || r.compressedOffset + r.compressedSize > dataStart + data.length) {
+        throw new NaiadError('NAIAD_INTERNAL', `chunk ${r.index} (${r.compressedOffset}+${r.compressedSize}) is outside the ${data.length} bytes at ${dataStart}`)
+      }
+    }
+    const w = refs.length > 0 && refs.every(r => !r.compressed || r.blob.compressor === 'zstd' || r.blob.compressor === 'none') ? this.pick() : undefined
+    if (w === undefined) return decodeHere(refs, data, dataStart)
+    return await new Promise((resolve) => {
+      const job: Job = { id: this.nextId++, refs, data, dataStart, owned, resolve }
+      w.jobs.set(job.id, job)
+      if (w.jobs.size === 1) w.worker.ref()
+      const chunks: WireChunk[] = refs.map(r => ({
+        o: r.compressedOffset - dataStart,
+        c: r.compressedSize,
+        u: r.uncompressedSize,
+        z: r.compressed && r.blob.compressor === 'zstd',
+        h: r.blob.digester,
+        d: new Uint8Array(r.digest) // a copy: the digest is a view into the bootstrap, which postMessage would clone whole
+      }))
+      const total = refs.reduce((n, r) => n + r.uncompressedSize, 0)
+      // whole, unshared ArrayBuffers are transferred; anything else is copied by postMessage
+      const whole = owned && data.byteOffset === 0 && data.buffer.byteLength === data.length && !(data.buffer instanceof SharedArrayBuffer)
+      const buf = whole ? data.buffer : data.buffer.slice(data.byteOffset, data.byteOffset + data.length)
+      w.worker.postMessage({ id: job.id, buf, off: 0, len: data.length, total, chunks }, [buf as ArrayBuffer])
+    })
+  }
+
+  private pick (): PoolWorker | undefined {
+    if (this.size === 0) return undefined
+    if (this.workers.length < this.size && !this.broken) {
+      try {
+        this.spawn()
+      } catch {
+        this.broken = true
+      }
+    }
+    if (this.workers.length === 0) return undefined
+    // the least busy worker, round robin among equals
+    let best: PoolWorker | undefined
+    for (let k = 0; k < this.workers.length; k++) {
+      const w = this.workers[(this.next + k) % this.workers.length]!
+      if (best === undefined || w.jobs.size < best.jobs.size) best = w
+    }
+    this.next++
+    return best
+  }
+
+  private spawn (): void {
+    this.paths ??= (() => {
+      const req = createRequire(import.meta.url)
+      return { zstdPath: req.resolve('zstd-napi/binding.js'), blakePath: req.resolve('@napi-rs/blake-hash') }
+    })()
+    const worker = new Worker(WORKER_SOURCE, { eval: true, workerData: this.paths })
+    const w: PoolWorker = { worker, jobs: new Map() }
+    worker.unref()
+    worker.on('message', (m: Reply) => {
+      const job = w.jobs.get(m.id)
+      if (job === undefined) return
+      w.jobs.delete(m.id)
+      if (w.jobs.size === 0) worker.unref()
+      const out = Buffer.from(m.out)
+      const res: Array<Buffer | NaiadError> = []
+      let pos = 0
+      job.refs.forEach((r, i) => {
+        const e = m.results[i]
+        res.push(e === null || e === undefined ? out.subarray(pos, pos + r.uncompressedSize) : wireError(r, e))
+        pos += r.uncompressedSize
+      })
+      job.resolve(res)
+    })
+    let gone = false
+    const died = (err?: unknown): void => {
+      if (gone) return
+      gone = true
+      const i = this.workers.indexOf(w)
+      if (i >= 0) this.workers.splice(i, 1)
+      this.broken = true // do not respawn forever
+      // the data of transferred jobs is gone with the worker: report them as failed decodes (the
+      // cache fetches such chunks again); copied jobs are decoded here
+      for (const job of w.jobs.values()) {
+        if (job.data.buffer.byteLength === 0) {
+          job.resolve(job.refs.map(r => new NaiadError('NAIAD_FMT_DECOMPRESS', `chunk ${r.index} of blob ${r.blob.blobId}: the decoder thread died (${err instanceof Error ? err.message : 'exit'})`)))
+        } else {
+          job.resolve(decodeHere(job.refs, job.data, job.dataStart))
+        }
+      }
+      w.jobs.clear()
+    }
+    worker.on('error', died)
+    worker.on('exit', () => { died() })
+    this.workers.push(w)
+  }
+
+  /** Stops the workers (jobs in flight are decoded on the calling thread or fail). Safe twice. */
+  async close (): Promise<void> {
+    this.broken = true
+    await Promise.all(this.workers.map(async w => await w.worker.terminate()))
+  }
+}
+
+function wireError (r: ChunkRef, e: WireResult): NaiadError {
+  if (e.code === 'NAIAD_FMT_CHUNK_DIGEST') {
+    return new NaiadError('NAIAD_FMT_CHUNK_DIGEST', `chunk ${r.index} of blob ${r.blob.blobId} does not match its ${r.blob.digester} digest ${r.digest.toString('hex')}`)
+  }
+  return new NaiadError('NAIAD_FMT_DECOMPRESS', `chunk ${r.index} of blob ${r.blob.blobId}: ${e.message ?? 'cannot decompress'}`)
+}
+
+function decodeHere (refs: readonly ChunkRef[], data: Buffer, dataStart: number): Array<Buffer | NaiadError> {
+  return refs.map(r => {
+    try {
+      return BlobReader.decodeChunk(r, data.subarray(r.compressedOffset - dataStart, r.compressedOffset - dataStart + r.compressedSize))
+    } catch (err) {
+      if (err instanceof NaiadError) return err
+      return new NaiadError('NAIAD_FMT_DECOMPRESS', `chunk ${r.index} of blob ${r.blob.blobId}: ${String(err)}`, { cause: err })
+    }
+  })
+}
