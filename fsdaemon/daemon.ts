@@ -109,7 +109,7 @@ export class FsDaemon {
     const mp = req.mountpoint
     const have = this.mounts.get(mp)
     if (have !== undefined) {
-      if (have.request.image === req.image && have.request.bootstrap === req.bootstrap) return this.info(have)
+      if (have.request.image === req.image && have.request.bootstrap === req.bootstrap && have.request.blobDir === req.blobDir) return this.info(have)
       throw new NaiadError('NAIAD_FS_MOUNT', `${mp} already serves ${have.request.image ?? have.request.bootstrap ?? '?'}`)
     }
     const inflight = this.pending.get(mp)
@@ -133,13 +133,22 @@ export class FsDaemon {
         await unmountFuse(mp)
       }
       await mkdir(mp, { recursive: true })
-      let bootstrap: Bootstrap
+      let bootstrap: Bootstrap | undefined
+      if (req.bootstrap !== undefined) {
+        let raw: Buffer
+        try {
+          raw = await readFile(req.bootstrap)
+        } catch (err) {
+          throw new NaiadError('NAIAD_FS_MOUNT', `cannot read the bootstrap ${req.bootstrap}: ${(err as NodeJS.ErrnoException).code ?? (err as Error).message}`, { cause: err })
+        }
+        bootstrap = Bootstrap.parse(raw)
+      }
       if (req.image !== undefined) {
         const ref = parseReference(req.image)
         if (ref.kind !== 'registry') throw new NaiadError('NAIAD_CLI_USAGE', `image ${req.image} must be a registry reference`)
         const plain = req.plainHttp === true || this.cfg.fetch.plain_http
         store = openImageStore(ref, { plainHttp: plain ? true : 'loopback', logger: log.child({ component: 'registry' }) })
-        bootstrap = (await loadNydusBootstrap(store)).bootstrap
+        bootstrap ??= (await loadNydusBootstrap(store)).bootstrap
         const origin = `${plain || LOOPBACK.test(ref.endpoint) ? 'http' : 'https'}://${ref.endpoint}`
         for (const m of this.cfg.mirrors) {
           const mirror = new MirrorRangeSource({ logger: log.child({ component: 'mirror' }) }, {
@@ -154,9 +163,9 @@ export class FsDaemon {
         }
         sources.push(new RegistryRangeSource({ store, logger: log.child({ component: 'origin' }) }, { location: `${ref.registry}/${ref.repository}`, timeoutMs: this.cfg.fetch.timeout, retries: this.cfg.fetch.retries }))
       } else {
-        bootstrap = Bootstrap.parse(await readFile(req.bootstrap!))
         sources.push(new LocalDirRangeSource({ logger: log }, { dir: req.blobDir! }))
       }
+      if (bootstrap === undefined) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: give image or bootstrap')
       chain = new SourceChain({ sources, gate: this.gate, logger: log.child({ component: 'fetch' }) })
       for (const b of bootstrap.blobs) caches.set(b, await this.deps.cache.acquire(b))
       const cacheFor = (b: BlobInfo): ChunkReader => {

@@ -11,6 +11,7 @@ export function registerSnapshotterCommands (program: Command, io: Io, setExit: 
     .option('--config <file>', `configuration file (default ${DEFAULT_CONFIG} if it exists)`)
     .option('--root <dir>', 'root directory (overrides the config)')
     .option('--socket <path>', 'Unix socket path (overrides the config)')
+    .option('--stop-fsdaemon', 'stop the fsdaemon when the snapshotter exits (tests; by default it keeps serving running containers)')
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .action(async (o: SnapshotterCliOptions) => {
       setExit(await runSnapshotter(o, io))

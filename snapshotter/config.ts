@@ -17,8 +17,21 @@ export const snapshotterConfigSchema = s.object({
     mode: s.integer({ default: 0o600, min: 0, max: 0o777, description: 'file mode of the socket (decimal in TOML; 384 = 0600)' })
   }, { description: 'the gRPC socket' }),
   fsdaemon: s.object({
-    socket: s.string({ default: '/run/naiad/fsd.sock', description: 'control socket of the fsdaemon that serves remote (Nydus) layers; used by the remote path (not yet enabled)' })
-  }, { description: 'the FUSE daemon used for remote snapshots' })
+    enable: s.boolean({ default: true, description: 'serve Nydus images lazily through the fsdaemon (false: Nydus images are only downloaded in full, if [fallback] materialize is on)' }),
+    socket: s.string({ default: '/run/naiad/fsd.sock', description: 'control socket of the fsdaemon (one per node) that serves the Nydus images\' FUSE mounts' }),
+    start: s.boolean({ default: true, description: 'start the fsdaemon when its socket does not answer (detached in its own session, so it outlives the snapshotter); false: it is run by its own unit (naiad-fsd.service)' }),
+    binary: s.string({ default: '', description: 'the naiad entry point used to start it (`naiad fsd`); empty: the running naiad' }),
+    config: s.string({ default: '', description: 'configuration file passed to the fsdaemon with --config; empty: its default (/etc/naiad/fsd.toml if it exists)' }),
+    cache_dir: s.string({ default: '', description: 'chunk cache directory passed with --cache-dir; empty: the fsdaemon\'s configuration decides' }),
+    state_dir: s.string({ default: '', description: 'state directory passed with --state-dir; empty: the fsdaemon\'s configuration decides' }),
+    log_file: s.string({ default: '', description: 'file the started fsdaemon\'s output is appended to; empty: <root>/fsdaemon.log' }),
+    start_timeout: s.duration({ default: '20s', description: 'how long a started fsdaemon may take to answer on its socket' }),
+    plain_http: s.boolean({ default: false, description: 'plain HTTP to every registry (default: only loopback registries)' }),
+    stop_on_exit: s.boolean({ default: false, description: 'stop the fsdaemon (unmounting every image) when the snapshotter exits; off by default, so running containers survive a snapshotter restart (tests use --stop-fsdaemon)' })
+  }, { description: 'the FUSE daemon that serves Nydus images lazily (docs/snapshotter.md, "Nydus images")' }),
+  fallback: s.object({
+    materialize: s.boolean({ default: true, description: 'when an image cannot be mounted lazily at container prepare (fsdaemon down, registry unreachable, bad bootstrap), download it in full into the bootstrap snapshot and use that; off: the prepare fails' })
+  }, { description: 'what happens when the lazy path fails' })
 })
 
 export type SnapshotterConfig = InferSchema<typeof snapshotterConfigSchema>

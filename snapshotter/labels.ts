@@ -14,6 +14,8 @@ export const LABEL_NYDUS_BLOB = 'containerd.io/snapshot/nydus-blob'
 export const LABEL_NYDUS_BOOTSTRAP = 'containerd.io/snapshot/nydus-bootstrap'
 /** Set by CRI (AppendInfoHandlerWrapper): the image reference, for registry access. */
 export const LABEL_CRI_IMAGE_REF = 'containerd.io/snapshot/cri.image-ref'
+/** stargz's image reference label (BuildKit, ctr-remote); the fallback when cri.image-ref is missing. */
+export const LABEL_STARGZ_REFERENCE = 'containerd.io/snapshot/remote/stargz.reference'
 /** Set by CRI: the layer digest. */
 export const LABEL_CRI_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest'
 
@@ -31,4 +33,15 @@ export function validateLabels (labels: Labels | undefined): Record<string, stri
     out[k] = v
   }
   return out
+}
+
+/** True for the label value "true" (containerd's annotations are strings). */
+export function isTrue (labels: Labels, key: string): boolean {
+  return labels[key] === 'true'
+}
+
+/** The image reference named by a snapshot's labels: cri.image-ref, then stargz.reference. */
+export function imageRefOf (labels: Labels): string | undefined {
+  const v = labels[LABEL_CRI_IMAGE_REF] ?? labels[LABEL_STARGZ_REFERENCE]
+  return v === undefined || v === '' ? undefined : v
 }

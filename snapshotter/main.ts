@@ -4,12 +4,14 @@
  * accepting, drains and closes the metadata store. Snapshot data and metadata persist across
  * restarts; nothing is mounted by the snapshotter itself (containerd mounts what it returns).
  */
+import { join } from 'node:path'
 import { loadConfigFile } from '../lib/config/index.ts'
 import { isNaiadError, toExitCode } from '../lib/errors/index.ts'
 import { createLogger, type LogLevel } from '../lib/log/index.ts'
 import { snapshotterConfigSchema, type SnapshotterConfig } from './config.ts'
 import { SnapshotsServer } from './grpc/service.ts'
 import { LocalSnapshotter } from './local/overlay.ts'
+import { FsdRemoteFilesystem } from './remote/fsd.ts'
 import { notifyReady } from '../lib/systemd/index.ts'
 
 export const DEFAULT_CONFIG = '/etc/naiad/snapshotter.toml'
@@ -19,6 +21,8 @@ export interface SnapshotterCliOptions {
   root?: string
   socket?: string
   logLevel?: LogLevel
+  /** Stop the fsdaemon on exit ([fsdaemon] stop_on_exit). */
+  stopFsdaemon?: boolean
 }
 
 export interface Io { stdout: NodeJS.WritableStream, stderr: NodeJS.WritableStream }
@@ -28,7 +32,8 @@ export function withOverrides (cfg: SnapshotterConfig, o: SnapshotterCliOptions)
     ...cfg,
     log: { level: o.logLevel ?? cfg.log.level },
     root: { dir: o.root ?? cfg.root.dir },
-    socket: { ...cfg.socket, path: o.socket ?? cfg.socket.path }
+    socket: { ...cfg.socket, path: o.socket ?? cfg.socket.path },
+    fsdaemon: { ...cfg.fsdaemon, stop_on_exit: o.stopFsdaemon === true ? true : cfg.fsdaemon.stop_on_exit }
   }
 }
 
@@ -42,7 +47,22 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
     return toExitCode(err)
   }
   const log = createLogger({ service: 'snapshotter', level: cfg.log.level, destination: io.stdout as never })
-  const snapshotter = new LocalSnapshotter({ log }, { root: cfg.root.dir })
+  const f = cfg.fsdaemon
+  const remote = f.enable
+    ? new FsdRemoteFilesystem({ log }, {
+      socket: f.socket,
+      start: f.start,
+      binary: f.binary !== '' ? f.binary : (process.argv[1] ?? ''),
+      config: f.config,
+      cacheDir: f.cache_dir,
+      stateDir: f.state_dir,
+      logFile: f.log_file !== '' ? f.log_file : join(cfg.root.dir, 'fsdaemon.log'),
+      startTimeoutMs: f.start_timeout,
+      plainHttp: f.plain_http,
+      stopOnClose: f.stop_on_exit
+    })
+    : undefined
+  const snapshotter = new LocalSnapshotter({ log, ...(remote !== undefined ? { remote } : {}) }, { root: cfg.root.dir })
   const server = new SnapshotsServer({ snapshotter, log }, { socket: cfg.socket.path, mode: cfg.socket.mode })
   let stopping: Promise<void> | undefined
   const stop = async (reason: string): Promise<void> => {
@@ -64,6 +84,7 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
   stopSignal?.addEventListener('abort', () => { onStop('abort') }, { once: true })
   try {
     await snapshotter.cleanup()
+    await snapshotter.recover()
     await server.start()
     log.info({ socket: cfg.socket.path, root: cfg.root.dir }, 'ready')
     await notifyReady(`snapshotter ready: ${cfg.socket.path}`, { log })

@@ -63,8 +63,10 @@ function validateMountRequest (v: unknown): MountRequest {
   const image = str('image')
   const bootstrap = str('bootstrap')
   const blobDir = str('blobDir')
-  if ((image === undefined) === (bootstrap === undefined)) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: give exactly one of image or bootstrap')
-  if (bootstrap !== undefined && blobDir === undefined) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: bootstrap needs blobDir')
+  if (image === undefined && bootstrap === undefined) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: give image, bootstrap with image, or bootstrap with blobDir')
+  if (bootstrap !== undefined && (image === undefined) === (blobDir === undefined)) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: bootstrap needs exactly one of image (blobs from the registry) or blobDir (local blobs)')
+  if (bootstrap !== undefined && !bootstrap.startsWith('/')) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: bootstrap must be an absolute path')
+  if (image !== undefined && blobDir !== undefined) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: blobDir goes with bootstrap, not image')
   const prefetch = o['prefetch']
   if (prefetch !== undefined && typeof prefetch !== 'boolean' && prefetch !== 'all') throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: prefetch must be true, false or "all"')
   const plainHttp = o['plainHttp']

@@ -97,6 +97,8 @@ export const CODES = {
   NAIAD_SNAP_INVALID_ARGUMENT: { kind: 'InvalidArgument', summary: 'a snapshot key, label, filter or update field path is invalid', hint: 'the message names the field; labels are limited to 4096 bytes (key + value) and updates accept only `labels` and `labels.<key>`' },
   NAIAD_SNAP_STORE: { kind: 'DataLoss', summary: 'the snapshotter metadata database is unreadable or inconsistent', hint: 'the message names the database file and the SQLite error; restore it from a backup or move it away and let containerd re-pull' },
   NAIAD_SNAP_SOCKET: { kind: 'InvalidArgument', summary: 'the snapshotter cannot listen on its Unix socket', hint: 'the path must be shorter than 108 bytes and its directory writable; another snapshotter may be running' },
+  NAIAD_SNAP_FSD_START: { kind: 'Unavailable', summary: 'the snapshotter could not start the fsdaemon that serves Nydus images', hint: 'the message names the fsdaemon log file ([fsdaemon] log_file); check [fsdaemon] binary, config and /dev/fuse; the snapshotter falls back to a full download meanwhile' },
+  NAIAD_SNAP_REMOTE: { kind: 'Unavailable', summary: 'a Nydus image could neither be mounted lazily nor downloaded in full for a container snapshot', hint: 'the message gives both causes (fsdaemon, registry reachability and credentials, image reference label); fix one and prepare again' },
   NAIAD_SNAP_UNAVAILABLE: { kind: 'Unavailable', summary: 'the snapshotter could not be reached over its socket', hint: 'check that `naiad snapshotter` runs and the socket path is the one containerd (proxy_plugins) uses' },
 
   // naiad pull (into containerd)

@@ -5,7 +5,8 @@
  *
  *   GET    /api/v1/daemon                 DaemonInfo
  *   GET    /api/v1/mounts                 MountInfo[]
- *   POST   /api/v1/mounts                 MountRequest → MountInfo   (idempotent per mountpoint)
+ *   POST   /api/v1/mounts                 MountRequest → MountInfo   (idempotent per mountpoint:
+ *                                         the same request again answers the existing mount)
  *   DELETE /api/v1/mounts?mountpoint=DIR  204                        (idempotent)
  *   GET    /metrics                       Prometheus text
  *
@@ -16,11 +17,16 @@ import { NaiadError, type ErrorCode } from '../errors/index.ts'
 
 export interface MountRequest {
   mountpoint: string
-  /** A Nydus image reference: the bootstrap layer is fetched, data blobs are read lazily. */
+  /**
+   * A Nydus image reference. Alone: the bootstrap layer is fetched from the registry and the data
+   * blobs are read lazily from the image's repository. With `bootstrap`: the local bootstrap file
+   * is used and only the data blobs come (lazily) from the image's repository (what the
+   * snapshotter does: containerd already unpacked the bootstrap layer).
+   */
   image?: string
-  /** Or a local bootstrap file… */
+  /** A local bootstrap file, with `image` (blobs from the registry) or `blobDir` (local blobs). */
   bootstrap?: string
-  /** …with a directory of blob files named by blob id. */
+  /** A directory of blob files named by blob id (with `bootstrap`, instead of `image`). */
   blobDir?: string
   /** Plain HTTP to the image's registry (default: loopback registries only). */
   plainHttp?: boolean

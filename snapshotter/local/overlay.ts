@@ -10,23 +10,74 @@
  * one parent is a read-only bind mount of that parent's fs/; otherwise an `overlay` mount with
  * lowerdir = the parents' fs/ dirs, nearest first, plus upperdir/workdir for an active snapshot.
  *
+ * Nydus images (with a RemoteFilesystem and/or a Materializer; see docs/snapshotter.md):
+ * - Prepare of a layer labelled `containerd.io/snapshot/nydus-blob=true` with
+ *   `containerd.io/snapshot.ref` (containerd's unpacker) commits it at once under the ref name,
+ *   keeping labels and parent, and answers AlreadyExists: containerd skips its download.
+ * - The bootstrap layer (`nydus-bootstrap=true`) is a normal snapshot containerd unpacks:
+ *   `snapshots/<id>/fs/image/image.boot`.
+ * - An active snapshot or view whose parent chain holds a bootstrap snapshot gets an overlay whose
+ *   lowest lowerdir is that image's filesystem, owned by the bootstrap snapshot and shared by all
+ *   its users: the fsdaemon's FUSE mount at `snapshots/<id>/mnt` (bootstrap file + blobs read
+ *   lazily from the image's repository), or, when that fails, the image written out in full at
+ *   `snapshots/<id>/rootfs` (Materializer). Which one is recorded in the metastore
+ *   (remote_lowers). The FUSE mount is released when the last user is removed.
+ *
  * Crash safety: a new snapshot's directories are made under a temporary name and renamed to its id
  * inside the metadata transaction; a removed snapshot's directory is renamed away inside the
  * transaction and deleted after it commits. A crash leaves at worst an unreferenced directory,
  * which `cleanup` deletes.
  */
+import { execFile } from 'node:child_process'
 import { renameSync } from 'node:fs'
-import { mkdir, mkdtemp, readdir, rm } from 'node:fs/promises'
+import { mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
-import { NaiadError, throwIfAborted } from '../../lib/errors/index.ts'
+import { promisify } from 'node:util'
+import { NaiadError, causeChain, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { parseFilters } from '../filters.ts'
+import { LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, imageRefOf, isTrue } from '../labels.ts'
+import type { RemoteFilesystem, RemoteImage } from '../remote/filesystem.ts'
 import { MetaStore, type SnapshotRecord } from '../storage/metastore.ts'
 import type { CreateOptions, Mount, OpOptions, SnapshotInfo, Snapshotter, Usage, WalkOptions } from '../snapshotter.ts'
 import { diskUsage } from './usage.ts'
 
+const execFileP = promisify(execFile)
+
+/** Writes a Nydus image's whole filesystem into a directory (the fallback of the lazy mount). */
+export interface Materializer {
+  /** Fills `dir` (created by the call) with the image's tree; throws a NaiadError on failure. */
+  materialize (dir: string, image: RemoteImage, opts?: OpOptions): Promise<void>
+}
+
 export interface LocalSnapshotterDeps {
   readonly log: Logger
+  /** Serves Nydus images lazily (the fsdaemon); without it and a materializer, Nydus layers are plain layers. */
+  readonly remote?: RemoteFilesystem
+  /** The full-download fallback when the lazy mount fails. */
+  readonly materializer?: Materializer
+}
+
+/** Labels the snapshotter puts on its fsdaemon mounts, to find them again after a restart. */
+export const MOUNT_LABEL_ROOT = 'naiad.io/snapshotter-root'
+export const MOUNT_LABEL_SNAPSHOT = 'naiad.io/snapshot-id'
+
+interface BootstrapInChain {
+  /** The bootstrap snapshot. */
+  readonly rec: SnapshotRecord
+  /** Ids of the snapshots between the child and the bootstrap, nearest first. */
+  readonly above: number[]
+  /** Image reference from the labels of the bootstrap or of its parents. */
+  readonly image: string | undefined
+}
+
+/** Detaches (lazily) every mount at or under `dir` (before a directory is deleted). */
+async function detachMountsUnder (dir: string): Promise<void> {
+  const text = await readFile('/proc/self/mounts', 'utf8')
+  const mps = text.split('\n').map((l) => (l.split(' ')[1] ?? '').replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    .filter((mp) => mp === dir || mp.startsWith(dir + '/'))
+    .sort((a, b) => b.length - a.length)
+  for (const mp of mps) await execFileP('umount', ['-l', mp]).catch(() => {})
 }
 
 export interface LocalSnapshotterOptions {
@@ -46,9 +97,15 @@ export class LocalSnapshotter implements Snapshotter {
   #closed = false
   /** Temporary directories of creates and removes in flight; cleanup leaves them alone. */
   readonly #inFlight = new Set<string>()
+  readonly #remote: RemoteFilesystem | undefined
+  readonly #materializer: Materializer | undefined
+  /** Serialises the operations that mount or release image lower directories. */
+  #lock: Promise<unknown> = Promise.resolve()
 
   constructor (deps: LocalSnapshotterDeps, options: LocalSnapshotterOptions) {
     this.#log = deps.log.child({ component: 'snapshotter.local' })
+    this.#remote = deps.remote
+    this.#materializer = deps.materializer
     this.#root = options.root
     this.#store = new MetaStore({}, { path: join(options.root, 'metadata.db') })
   }
@@ -68,6 +125,132 @@ export class LocalSnapshotter implements Snapshotter {
 
   #dir (id: number): string { return join(this.#root, 'snapshots', String(id)) }
   #fs (id: number): string { return join(this.#dir(id), 'fs') }
+
+  /** True when Nydus layers get the remote treatment (skip blobs, image lower directories). */
+  get #nydus (): boolean { return this.#remote !== undefined || this.#materializer !== undefined }
+
+  async #locked<T> (fn: () => Promise<T>): Promise<T> {
+    const run = this.#lock.then(fn, fn)
+    this.#lock = run.catch(() => {})
+    return await run
+  }
+
+  /** The nearest Nydus bootstrap snapshot in the chain starting at the committed `from`. */
+  #bootstrapOf (s: MetaStore, from: SnapshotRecord): BootstrapInChain | undefined {
+    if (!this.#nydus) return undefined
+    const chain = [from, ...s.parentIds(from).map((id) => s.getById(id)).filter((r): r is SnapshotRecord => r !== undefined)]
+    const i = chain.findIndex((r) => r.kind === 'committed' && isTrue(r.labels, LABEL_NYDUS_BOOTSTRAP))
+    if (i < 0) return undefined
+    const rec = chain[i] as SnapshotRecord
+    let image: string | undefined
+    for (const r of chain.slice(i)) {
+      image = imageRefOf(r.labels)
+      if (image !== undefined) break
+    }
+    return { rec, above: chain.slice(0, i).map((r) => r.id), image }
+  }
+
+  #bootstrapOfKey (s: MetaStore, r: SnapshotRecord): BootstrapInChain | undefined {
+    if (r.parent === '') return undefined
+    const p = s.get(r.parent)
+    return p === undefined ? undefined : this.#bootstrapOf(s, p)
+  }
+
+  /**
+   * Makes the image lower directory of bootstrap snapshot `b` available and returns it: the live
+   * FUSE mount, a new one, or (fallback) the image written out in full. Call under #locked.
+   */
+  async #ensureLower (s: MetaStore, b: BootstrapInChain, signal: AbortSignal | undefined): Promise<string> {
+    const id = b.rec.id
+    const have = s.remoteLower(id)
+    if (have?.mode === 'materialized') return have.path
+    const mp = join(this.#dir(id), 'mnt')
+    const image: RemoteImage | undefined = b.image === undefined
+      ? undefined
+      : { bootstrap: join(this.#fs(id), 'image', 'image.boot'), image: b.image, labels: { [MOUNT_LABEL_ROOT]: this.#root, [MOUNT_LABEL_SNAPSHOT]: String(id) } }
+    let lazyFailure: string
+    if (image === undefined) {
+      lazyFailure = `no image reference: neither the bootstrap snapshot ${b.rec.name} nor its parents carry containerd.io/snapshot/cri.image-ref or containerd.io/snapshot/remote/stargz.reference (pull with naiad pull, the CRI with disable_snapshot_annotations = false, or nerdctl)`
+    } else if (this.#remote === undefined) {
+      lazyFailure = 'the lazy path is disabled ([fsdaemon] enable = false)'
+    } else {
+      try {
+        if (have?.mode === 'fuse' && await this.#remote.alive(mp, { ...(signal !== undefined ? { signal } : {}) })) return mp
+        if (have?.mode === 'fuse') this.#log.warn({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'the FUSE mount of the image is gone (fsdaemon restarted or killed); mounting it again')
+        await mkdir(mp, { recursive: true, mode: 0o755 })
+        await this.#remote.mount(mp, image, { ...(signal !== undefined ? { signal } : {}) })
+        s.setRemoteLower({ snapshotId: id, mode: 'fuse', image: image.image, path: mp })
+        this.#log.info({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'image mounted lazily')
+        return mp
+      } catch (err) {
+        if (signal?.aborted === true) throw err
+        lazyFailure = causeChain(err).join(': ')
+        this.#log.warn({ err, snapshot: b.rec.name, image: image.image }, 'lazy mount of the image failed; falling back to downloading it in full')
+      }
+    }
+    if (image === undefined || this.#materializer === undefined) {
+      throw new NaiadError('NAIAD_SNAP_REMOTE', `Nydus image of snapshot ${b.rec.name}: ${lazyFailure}${this.#materializer === undefined ? '; the full-download fallback is disabled' : ''}`)
+    }
+    const dest = join(this.#dir(id), 'rootfs')
+    const tmp = join(this.#dir(id), `rootfs.tmp-${process.pid}-${Date.now()}`)
+    try {
+      const t0 = Date.now()
+      await this.#materializer.materialize(tmp, image, { ...(signal !== undefined ? { signal } : {}) })
+      await rm(dest, { recursive: true, force: true })
+      await rename(tmp, dest)
+      s.setRemoteLower({ snapshotId: id, mode: 'materialized', image: image.image, path: dest })
+      this.#log.warn({ snapshot: b.rec.name, image: image.image, dir: dest, ms: Date.now() - t0 }, 'image downloaded in full (fallback); containers of this image use it from now on')
+      if (have?.mode === 'fuse') await this.#remote?.unmount(mp).catch(() => {})
+      return dest
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true }).catch(() => {})
+      throw new NaiadError('NAIAD_SNAP_REMOTE', `Nydus image ${image.image} of snapshot ${b.rec.name}: lazy mount failed (${lazyFailure}), and the full download failed too (${causeChain(err).join(': ')})`, { cause: err })
+    }
+  }
+
+  /** Releases bootstrap snapshot `id`'s FUSE mount when no active snapshot or view uses it. Call under #locked. */
+  async #releaseIfUnused (s: MetaStore, id: number): Promise<void> {
+    const l = s.remoteLower(id)
+    if (l === undefined || l.mode !== 'fuse') return
+    if (s.getById(id) !== undefined && s.activeDescendants(id) > 0) return
+    try {
+      await this.#remote?.unmount(l.path)
+      this.#log.info({ mountpoint: l.path, image: l.image }, 'image unmounted: no snapshot uses it')
+    } catch (err) {
+      this.#log.warn({ err, mountpoint: l.path }, 'unmounting an unused image failed; cleanup retries')
+      return
+    }
+    if (s.getById(id) !== undefined) s.deleteRemoteLower(id)
+  }
+
+  /**
+   * After a (re)start: checks the image mounts of snapshots still in use (remounting the ones the
+   * fsdaemon no longer serves), and releases the ones nobody uses. Failures are logged: the next
+   * prepare or mounts call tries again.
+   */
+  async recover (opts: OpOptions = {}): Promise<void> {
+    const s = await this.#ready()
+    if (this.#remote === undefined) return
+    await this.#locked(async () => {
+      for (const l of s.remoteLowers()) {
+        throwIfAborted(opts.signal)
+        if (l.mode !== 'fuse') continue
+        const rec = s.getById(l.snapshotId)
+        if (rec === undefined || s.activeDescendants(l.snapshotId) === 0) {
+          await this.#releaseIfUnused(s, l.snapshotId)
+          continue
+        }
+        const b = this.#bootstrapOf(s, rec)
+        if (b === undefined) continue
+        try {
+          const p = await this.#ensureLower(s, b, opts.signal)
+          this.#log.info({ snapshot: rec.name, image: l.image, lower: p }, 'image lower directory checked after start')
+        } catch (err) {
+          this.#log.error({ err, snapshot: rec.name, image: l.image }, 'image lower directory could not be restored; the next prepare tries again')
+        }
+      }
+    }).catch((err: unknown) => { this.#log.warn({ err }, 'recovering image mounts failed') })
+  }
 
   async stat (key: string, opts: OpOptions = {}): Promise<SnapshotInfo> {
     throwIfAborted(opts.signal)
@@ -94,16 +277,23 @@ export class LocalSnapshotter implements Snapshotter {
     const s = await this.#ready()
     const r = s.mustGet(key)
     if (r.kind === 'committed') throw new NaiadError('NAIAD_SNAP_NOT_ACTIVE', `snapshot ${key} is committed and has no mounts; prepare or view on top of it`)
-    return this.#mounts(s, r)
+    const b = this.#bootstrapOfKey(s, r)
+    if (b === undefined) return this.#mounts(s, r)
+    return await this.#locked(async () => {
+      const lower = await this.#ensureLower(s, b, opts.signal)
+      return this.#mounts(s, r, { above: b.above, lower })
+    })
   }
 
-  #mounts (s: MetaStore, r: SnapshotRecord): Mount[] {
-    const parents = s.parentIds(r)
+  /** `image`: the snapshot's chain holds a Nydus bootstrap; its lower directory replaces it and the layers below. */
+  #mounts (s: MetaStore, r: SnapshotRecord, image?: { above: number[], lower: string }): Mount[] {
+    const parents = image === undefined ? s.parentIds(r) : image.above
     const ro = r.kind === 'view'
-    if (parents.length === 0) {
+    if (parents.length === 0 && image === undefined) {
       return [{ type: 'bind', source: this.#fs(r.id), options: [ro ? 'ro' : 'rw', 'rbind'] }]
     }
     const lower = parents.map((id) => this.#fs(id))
+    if (image !== undefined) lower.push(image.lower)
     if (ro && lower.length === 1) {
       return [{ type: 'bind', source: lower[0] as string, options: ['ro', 'rbind'] }]
     }
@@ -124,6 +314,48 @@ export class LocalSnapshotter implements Snapshotter {
   async #create (kind: 'active' | 'view', key: string, parent: string, opts: CreateOptions): Promise<Mount[]> {
     throwIfAborted(opts.signal)
     const s = await this.#ready()
+    const labels = opts.labels ?? {}
+    const ref = labels[LABEL_SNAPSHOT_REF]
+    if (this.#nydus && kind === 'active' && ref !== undefined && ref !== '' && isTrue(labels, LABEL_NYDUS_BLOB)) {
+      if (imageRefOf(labels) !== undefined) return await this.#commitRemote(s, key, ref, parent, opts)
+      this.#log.warn({ key, ref }, 'Nydus data layer without an image reference label (containerd.io/snapshot/cri.image-ref or remote/stargz.reference): preparing it as a normal layer, so containerd downloads it and will fail to apply it; pull with naiad pull, the CRI (disable_snapshot_annotations = false) or nerdctl')
+    }
+    const p = parent !== '' ? s.get(parent) : undefined
+    const b = p !== undefined && p.kind === 'committed' ? this.#bootstrapOf(s, p) : undefined
+    if (b === undefined) return await this.#createPlain(s, kind, key, parent, opts)
+    return await this.#locked(async () => {
+      if (s.get(key) !== undefined) throw new NaiadError('NAIAD_SNAP_ALREADY_EXISTS', `snapshot ${key} already exists`)
+      const lower = await this.#ensureLower(s, b, opts.signal)
+      return await this.#createPlain(s, kind, key, parent, opts, { above: b.above, lower })
+    })
+  }
+
+  /**
+   * A Nydus data layer: committed at once under its ref name (labels and parent kept, nothing to
+   * download), then AlreadyExists, which tells containerd to skip the layer.
+   */
+  async #commitRemote (s: MetaStore, key: string, ref: string, parent: string, opts: CreateOptions): Promise<never> {
+    const tmp = await mkdtemp(join(this.#root, 'snapshots', 'new-'))
+    this.#inFlight.add(tmp)
+    try {
+      await mkdir(join(tmp, 'fs'), { mode: 0o755 })
+      throwIfAborted(opts.signal)
+      s.transaction(() => {
+        s.create('active', key, parent, opts.labels)
+        const r = s.commit(ref, key, opts.labels, { size: 0, inodes: 0 })
+        renameSync(tmp, this.#dir(r.id))
+      })
+    } catch (err) {
+      await rm(tmp, { recursive: true, force: true })
+      throw err
+    } finally {
+      this.#inFlight.delete(tmp)
+    }
+    this.#log.info({ key, ref, parent }, 'Nydus data layer committed remotely; containerd skips its download')
+    throw new NaiadError('NAIAD_SNAP_ALREADY_EXISTS', `snapshot ${ref} already exists: Nydus data layer committed remotely (read lazily from the registry)`)
+  }
+
+  async #createPlain (s: MetaStore, kind: 'active' | 'view', key: string, parent: string, opts: CreateOptions, image?: { above: number[], lower: string }): Promise<Mount[]> {
     const tmp = await mkdtemp(join(this.#root, 'snapshots', 'new-'))
     this.#inFlight.add(tmp)
     try {
@@ -133,7 +365,7 @@ export class LocalSnapshotter implements Snapshotter {
       const mounts = s.transaction(() => {
         const r = s.create(kind, key, parent, opts.labels)
         renameSync(tmp, this.#dir(r.id))
-        return this.#mounts(s, r)
+        return this.#mounts(s, r, image)
       })
       this.#log.debug({ key, parent, kind }, 'snapshot created')
       return mounts
@@ -159,6 +391,19 @@ export class LocalSnapshotter implements Snapshotter {
   async remove (key: string, opts: OpOptions = {}): Promise<void> {
     throwIfAborted(opts.signal)
     const s = await this.#ready()
+    const r = s.get(key)
+    const b = r !== undefined && r.kind !== 'committed' ? this.#bootstrapOfKey(s, r) : undefined
+    const own = r !== undefined && s.remoteLower(r.id) !== undefined
+    if (b === undefined && !own) { await this.#removePlain(s, key); return }
+    await this.#locked(async () => {
+      // a bootstrap snapshot's own FUSE mount goes before its directory does (removal fails anyway while it has children)
+      if (own && r !== undefined && s.childCount(r.id) === 0) await this.#releaseIfUnused(s, r.id)
+      await this.#removePlain(s, key)
+      if (b !== undefined) await this.#releaseIfUnused(s, b.rec.id)
+    })
+  }
+
+  async #removePlain (s: MetaStore, key: string): Promise<void> {
     const trash = join(this.#root, 'snapshots', `rm-${process.pid}-${Date.now()}-${Math.random().toString(36).slice(2)}`)
     let moved = false
     this.#inFlight.add(trash)
@@ -173,7 +418,10 @@ export class LocalSnapshotter implements Snapshotter {
           if ((err as NodeJS.ErrnoException).code !== 'ENOENT') throw err
         }
       })
-      if (moved) await rm(trash, { recursive: true, force: true })
+      if (moved) {
+        await detachMountsUnder(trash)
+        await rm(trash, { recursive: true, force: true })
+      }
     } finally {
       this.#inFlight.delete(trash)
     }
@@ -194,6 +442,26 @@ export class LocalSnapshotter implements Snapshotter {
   async cleanup (opts: OpOptions = {}): Promise<void> {
     throwIfAborted(opts.signal)
     const s = await this.#ready()
+    if (this.#remote !== undefined) {
+      await this.#locked(async () => {
+        for (const l of s.remoteLowers()) await this.#releaseIfUnused(s, l.snapshotId)
+        // mounts of ours the fsdaemon still serves but no record wants (crash between unmount and the record, or a restarted fsdaemon remounting them)
+        let served: Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }> = []
+        try {
+          served = await (this.#remote as RemoteFilesystem).list(opts)
+        } catch (err) {
+          if (!isNaiadError(err)) throw err
+        }
+        for (const m of served) {
+          if (m.labels[MOUNT_LABEL_ROOT] !== this.#root) continue
+          const id = Number(m.labels[MOUNT_LABEL_SNAPSHOT])
+          const l = s.remoteLower(id)
+          if (l !== undefined && l.mode === 'fuse' && l.path === m.mountpoint) continue
+          this.#log.info({ mountpoint: m.mountpoint }, 'cleanup: unmounting an image mount no snapshot uses')
+          await this.#remote?.unmount(m.mountpoint).catch((err: unknown) => { this.#log.warn({ err, mountpoint: m.mountpoint }, 'cleanup: unmount failed') })
+        }
+      })
+    }
     const dir = join(this.#root, 'snapshots')
     const names = await readdir(dir)
     const ids = s.ids()
@@ -202,6 +470,7 @@ export class LocalSnapshotter implements Snapshotter {
       if (/^\d+$/.test(n) && ids.has(Number(n))) continue
       if (this.#inFlight.has(join(dir, n))) continue
       this.#log.info({ dir: join(dir, n) }, 'cleanup: removing unreferenced snapshot directory')
+      await detachMountsUnder(join(dir, n))
       await rm(join(dir, n), { recursive: true, force: true })
     }
   }
@@ -210,6 +479,8 @@ export class LocalSnapshotter implements Snapshotter {
     if (this.#closed) return
     this.#closed = true
     await this.#opened?.catch(() => {})
+    await this.#lock.catch(() => {})
     this.#store.close()
+    await this.#remote?.close()
   }
 }

@@ -1,26 +1,39 @@
 /**
- * What the snapshotter needs from whatever serves remote (lazily fetched) layers, in the
- * snapshotter's words (stargz's fs.FileSystem; B3 of the style guide). The implementation over the
- * fsdaemon control API (lib/fsdapi) comes with the remote-snapshot path; nothing implements this
- * yet. Failures are NaiadErrors; on any failure the snapshotter falls back to a normal download.
+ * What the snapshotter needs from whatever serves remote (lazily fetched) Nydus images, in the
+ * snapshotter's words (stargz's fs.FileSystem; B3 of the style guide). remote/fsd.ts implements it
+ * over the fsdaemon control API (lib/fsdapi), starting the fsdaemon when it does not answer.
+ * Failures are NaiadErrors; on a failure the snapshotter falls back (remote/materialize.ts).
  */
-import type { Labels } from '../snapshotter.ts'
 
 export interface RemoteOptions {
   readonly signal?: AbortSignal
 }
 
+/** A Nydus image to serve: the bootstrap containerd unpacked, and where its data blobs live. */
+export interface RemoteImage {
+  /** Absolute path of the RAFS bootstrap (`<bootstrap snapshot>/fs/image/image.boot`). */
+  readonly bootstrap: string
+  /** Image reference; the data blobs are read lazily from its repository. */
+  readonly image: string
+  /** Free-form labels kept with the mount (the snapshotter records its root and snapshot id). */
+  readonly labels?: Readonly<Record<string, string>>
+}
+
 export interface RemoteFilesystem {
   /**
-   * Makes the image layer described by `labels` (containerd.io/snapshot/nydus-* and cri.* labels)
-   * readable at `mountpoint`. On failure the mountpoint is left clean (nothing mounted).
+   * Makes `image` readable at `mountpoint`; idempotent (a live mount of the same image is kept).
+   * On failure the mountpoint is left clean (nothing mounted).
    */
-  mount (mountpoint: string, labels: Labels, opts?: RemoteOptions): Promise<void>
+  mount (mountpoint: string, image: RemoteImage, opts?: RemoteOptions): Promise<void>
   /**
-   * Checks that a mount made earlier (possibly by a previous snapshotter process) still serves;
-   * called when a layer is reused and for every remote snapshot after a restart.
+   * True when a mount made earlier (possibly by a previous snapshotter process, possibly served by
+   * a restarted fsdaemon) serves at `mountpoint` now.
    */
-  check (mountpoint: string, labels: Labels, opts?: RemoteOptions): Promise<void>
+  alive (mountpoint: string, opts?: RemoteOptions): Promise<boolean>
+  /** The mountpoints served now. */
+  list (opts?: RemoteOptions): Promise<Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }>>
   /** Unmounts and releases what only this mount used. Unmounting nothing is not an error. */
   unmount (mountpoint: string, opts?: RemoteOptions): Promise<void>
+  /** Releases the client; stops the fsdaemon only if configured to. Safe to call twice. */
+  close (): Promise<void>
 }

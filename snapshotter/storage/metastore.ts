@@ -20,6 +20,20 @@ export interface SnapshotRecord extends SnapshotInfo {
   readonly usage: Usage | undefined
 }
 
+/**
+ * The lower directory of a Nydus image, owned by its bootstrap snapshot: a FUSE mount served by
+ * the fsdaemon (`fuse`), or the image's filesystem written out in full by the fallback
+ * (`materialized`).
+ */
+export interface RemoteLower {
+  readonly snapshotId: number
+  readonly mode: 'fuse' | 'materialized'
+  /** Image reference the blobs are read from. */
+  readonly image: string
+  /** The directory used as overlay lowerdir. */
+  readonly path: string
+}
+
 interface Row {
   id: number
   key: string
@@ -54,6 +68,13 @@ CREATE TABLE IF NOT EXISTS snapshots (
   inodes INTEGER
 );
 CREATE INDEX IF NOT EXISTS snapshots_parent ON snapshots(parent_id);
+CREATE TABLE IF NOT EXISTS remote_lowers (
+  snapshot_id INTEGER PRIMARY KEY REFERENCES snapshots(id) ON DELETE CASCADE,
+  mode TEXT NOT NULL CHECK (mode IN ('fuse', 'materialized')),
+  image TEXT NOT NULL,
+  path TEXT NOT NULL,
+  updated_at INTEGER NOT NULL
+);
 `
 
 const SELECT = 'SELECT s.*, p.key AS parent_key FROM snapshots s LEFT JOIN snapshots p ON p.id = s.parent_id'
@@ -230,6 +251,38 @@ export class MetaStore {
       this.#d.prepare('UPDATE snapshots SET labels = ?, updated_at = ? WHERE id = ?').run(JSON.stringify(next), Math.max(now, r.updatedAt.getTime() + 1), r.id)
       return this.getById(r.id) as SnapshotRecord
     })
+  }
+
+  /**
+   * The number of active snapshots and views whose parent chain holds snapshot `id` (the users of
+   * a Nydus bootstrap snapshot's lower directory).
+   */
+  activeDescendants (id: number): number {
+    return (this.#d.prepare(`
+      WITH RECURSIVE d(id) AS (
+        SELECT id FROM snapshots WHERE parent_id = ?
+        UNION ALL SELECT s.id FROM snapshots s JOIN d ON s.parent_id = d.id
+      ) SELECT COUNT(*) AS n FROM snapshots WHERE id IN (SELECT id FROM d) AND kind != 'committed'`).get(id) as { n: number }).n
+  }
+
+  /** The lower directory recorded for the Nydus bootstrap snapshot `id` (see RemoteLower). */
+  remoteLower (id: number): RemoteLower | undefined {
+    const r = this.#d.prepare('SELECT * FROM remote_lowers WHERE snapshot_id = ?').get(id) as { snapshot_id: number, mode: RemoteLower['mode'], image: string, path: string } | undefined
+    return r === undefined ? undefined : { snapshotId: r.snapshot_id, mode: r.mode, image: r.image, path: r.path }
+  }
+
+  remoteLowers (): RemoteLower[] {
+    return (this.#d.prepare('SELECT * FROM remote_lowers ORDER BY snapshot_id').all() as Array<{ snapshot_id: number, mode: RemoteLower['mode'], image: string, path: string }>)
+      .map((r) => ({ snapshotId: r.snapshot_id, mode: r.mode, image: r.image, path: r.path }))
+  }
+
+  setRemoteLower (l: RemoteLower, now = Date.now()): void {
+    this.#d.prepare('INSERT INTO remote_lowers (snapshot_id, mode, image, path, updated_at) VALUES (?, ?, ?, ?, ?) ON CONFLICT(snapshot_id) DO UPDATE SET mode = excluded.mode, image = excluded.image, path = excluded.path, updated_at = excluded.updated_at')
+      .run(l.snapshotId, l.mode, l.image, l.path, now)
+  }
+
+  deleteRemoteLower (id: number): void {
+    this.#d.prepare('DELETE FROM remote_lowers WHERE snapshot_id = ?').run(id)
   }
 
   /** All snapshots, ordered by id (parents before children). */

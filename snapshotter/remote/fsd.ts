@@ -1,0 +1,183 @@
+/**
+ * RemoteFilesystem over the fsdaemon's control API (lib/fsdapi), with the fsdaemon's supervision:
+ * one fsdaemon per node (docs/decisions/0003-fsdaemon-per-node.md) serves every image's FUSE
+ * mount. When its control socket does not answer, the snapshotter starts it as
+ * `naiad fsd --socket … [--config …] [--cache-dir …] [--state-dir …]`, detached in its own session
+ * (setsid) with its output appended to a log file, so that it outlives the snapshotter: a
+ * snapshotter restart or kill -9 never disturbs running containers. A restarted fsdaemon remounts
+ * what its state file records (fsdaemon/state.ts); the snapshotter re-checks its own mounts on
+ * start and on every prepare.
+ *
+ * close() leaves the fsdaemon running unless `stopOnClose` (tests, `--stop-fsdaemon`): then it is
+ * sent SIGTERM, which unmounts everything it serves.
+ */
+import { spawn } from 'node:child_process'
+import { mkdirSync, openSync, closeSync, existsSync } from 'node:fs'
+import { stat } from 'node:fs/promises'
+import { dirname } from 'node:path'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
+import { NaiadError, hasCode, throwIfAborted } from '../../lib/errors/index.ts'
+import type { Logger } from '../../lib/log/index.ts'
+import type { RemoteFilesystem, RemoteImage, RemoteOptions } from './filesystem.ts'
+
+export interface FsdRemoteOptions {
+  /** Control socket of the fsdaemon. */
+  readonly socket: string
+  /** Start the fsdaemon when the socket does not answer. */
+  readonly start: boolean
+  /** The naiad entry point to start (`.js`: run with this Node; else executed directly). */
+  readonly binary: string
+  /** fsdaemon config file ('' = its default). */
+  readonly config: string
+  readonly cacheDir: string
+  readonly stateDir: string
+  /** Where the started fsdaemon's output is appended. */
+  readonly logFile: string
+  readonly startTimeoutMs: number
+  /** Plain HTTP to every registry (default: loopback registries only). */
+  readonly plainHttp: boolean
+  /** Stop the fsdaemon on close (tests). */
+  readonly stopOnClose: boolean
+}
+
+const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+
+function pidAlive (pid: number): boolean {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (err) {
+    return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+}
+
+export class FsdRemoteFilesystem implements RemoteFilesystem {
+  readonly #log: Logger
+  readonly #o: FsdRemoteOptions
+  readonly #client: FsdClient
+  #starting: Promise<void> | undefined
+  #lastPid: number | undefined
+  #closed: Promise<void> | undefined
+
+  constructor (deps: { log: Logger }, options: FsdRemoteOptions) {
+    this.#log = deps.log.child({ component: 'snapshotter.fsd' })
+    this.#o = options
+    this.#client = new FsdClient({ socketPath: options.socket, timeoutMs: 120_000 })
+  }
+
+  /** Makes sure an fsdaemon answers on the socket, starting one if allowed. Returns its pid. */
+  async ensure (signal?: AbortSignal): Promise<number> {
+    try {
+      const info = await new FsdClient({ socketPath: this.#o.socket, timeoutMs: 5000 }).daemon(signal)
+      this.#lastPid = info.pid
+      return info.pid
+    } catch (err) {
+      if (!hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) throw err
+      if (!this.#o.start) throw err
+    }
+    this.#starting ??= this.#start(signal).finally(() => { this.#starting = undefined })
+    await this.#starting
+    return this.#lastPid ?? -1
+  }
+
+  async #start (signal?: AbortSignal): Promise<void> {
+    const bin = this.#o.binary
+    if (bin === '' || !existsSync(bin)) throw new NaiadError('NAIAD_SNAP_FSD_START', `cannot start the fsdaemon: naiad entry point ${bin === '' ? '(unknown)' : bin} does not exist`)
+    const args = ['fsd', '--socket', this.#o.socket]
+    if (this.#o.config !== '') args.push('--config', this.#o.config)
+    if (this.#o.cacheDir !== '') args.push('--cache-dir', this.#o.cacheDir)
+    if (this.#o.stateDir !== '') args.push('--state-dir', this.#o.stateDir)
+    if (this.#o.plainHttp) args.push('--plain-http')
+    const [cmd, argv] = bin.endsWith('.js') || bin.endsWith('.mjs') ? [process.execPath, [bin, ...args]] : [bin, args]
+    mkdirSync(dirname(this.#o.logFile), { recursive: true, mode: 0o700 })
+    const fd = openSync(this.#o.logFile, 'a', 0o600)
+    let exited: string | undefined
+    try {
+      // detached: setsid(2), so the daemon survives the snapshotter (and its process group) dying
+      const child = spawn(cmd, argv, { detached: true, stdio: ['ignore', fd, fd] })
+      child.once('exit', (code, sig) => { exited = `exited (${String(code ?? sig)})` })
+      child.once('error', (err) => { exited = `could not be run: ${err.message}` })
+      child.unref()
+      this.#log.info({ pid: child.pid, cmd, args: argv, logFile: this.#o.logFile }, 'started the fsdaemon')
+    } finally {
+      closeSync(fd)
+    }
+    const deadline = Date.now() + this.#o.startTimeoutMs
+    const probe = new FsdClient({ socketPath: this.#o.socket, timeoutMs: 2000 })
+    for (;;) {
+      throwIfAborted(signal)
+      try {
+        const info = await probe.daemon(signal)
+        this.#lastPid = info.pid
+        return
+      } catch (err) {
+        if (!hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) throw err
+      }
+      if (exited !== undefined) throw new NaiadError('NAIAD_SNAP_FSD_START', `the fsdaemon ${exited} before its socket ${this.#o.socket} answered; see ${this.#o.logFile}`)
+      if (Date.now() > deadline) throw new NaiadError('NAIAD_SNAP_FSD_START', `the fsdaemon did not answer on ${this.#o.socket} within ${this.#o.startTimeoutMs} ms; see ${this.#o.logFile}`)
+      await sleep(50)
+    }
+  }
+
+  async mount (mountpoint: string, image: RemoteImage, opts: RemoteOptions = {}): Promise<void> {
+    await this.ensure(opts.signal)
+    await this.#client.mount({
+      mountpoint,
+      bootstrap: image.bootstrap,
+      image: image.image,
+      ...(this.#o.plainHttp ? { plainHttp: true } : {}),
+      ...(image.labels !== undefined ? { labels: { ...image.labels } } : {})
+    }, opts.signal)
+  }
+
+  async alive (mountpoint: string, opts: RemoteOptions = {}): Promise<boolean> {
+    let mounts
+    try {
+      mounts = await this.#client.list(opts.signal)
+    } catch (err) {
+      if (hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) return false
+      throw err
+    }
+    if (!mounts.some((m) => m.mountpoint === mountpoint)) return false
+    try {
+      // the snapshotter serves no FUSE mount itself, so stat through the kernel is safe here
+      await stat(mountpoint)
+      return true
+    } catch {
+      return false
+    }
+  }
+
+  async list (opts: RemoteOptions = {}): Promise<Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }>> {
+    await this.ensure(opts.signal)
+    return (await this.#client.list(opts.signal)).map((m) => ({ mountpoint: m.mountpoint, labels: m.labels }))
+  }
+
+  async unmount (mountpoint: string, opts: RemoteOptions = {}): Promise<void> {
+    try {
+      await this.#client.unmount(mountpoint, opts.signal)
+    } catch (err) {
+      if (hasCode(err, 'NAIAD_FS_NOT_MOUNTED')) return
+      throw err
+    }
+  }
+
+  async close (): Promise<void> {
+    this.#closed ??= (async () => {
+      if (!this.#o.stopOnClose) return
+      let pid = this.#lastPid
+      try {
+        pid = (await new FsdClient({ socketPath: this.#o.socket, timeoutMs: 2000 }).daemon()).pid
+      } catch {}
+      if (pid === undefined || !pidAlive(pid)) return
+      this.#log.info({ pid }, 'stopping the fsdaemon (stop on exit)')
+      try { process.kill(pid, 'SIGTERM') } catch {}
+      for (let i = 0; i < 300 && pidAlive(pid); i++) await sleep(50)
+      if (pidAlive(pid)) {
+        this.#log.warn({ pid }, 'the fsdaemon did not stop in 15 s; killing it')
+        try { process.kill(pid, 'SIGKILL') } catch {}
+      }
+    })()
+    await this.#closed
+  }
+}

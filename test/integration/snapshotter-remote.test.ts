@@ -1,0 +1,252 @@
+/**
+ * The snapshotter's remote (lazy Nydus) path with real parts: a multi-layer image built, converted
+ * by naiad and pushed to a private registry (reached through a counting proxy); a real fsdaemon
+ * process started by the snapshotter; real FUSE and overlay mounts. The Snapshotter is driven
+ * exactly as containerd's unpacker drives it (test/helpers/unpacker.ts): data layers come back
+ * AlreadyExists and are found by List filter, the bootstrap layer is applied into the returned
+ * mounts and committed, and a container snapshot on top gives an overlay on the FUSE mount.
+ *
+ * The counting proxy runs in this process: while a daemon reads through it, only async child
+ * processes (mount, cat, the tree listing) are used here.
+ */
+import { execFile, execFileSync } from 'node:child_process'
+import { existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { Writable } from 'node:stream'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { run } from '../../bin/program.ts'
+import { createLogger } from '../../lib/log/index.ts'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
+import { LocalSnapshotter } from '../../snapshotter/local/overlay.ts'
+import { FsdRemoteFilesystem, type FsdRemoteOptions } from '../../snapshotter/remote/fsd.ts'
+import { SnapshotsClient } from '../../snapshotter/grpc/client.ts'
+import { buildImage, patternBytes, pushImage } from '../helpers/images.ts'
+import { startCountingProxy, startRegistry, type CountingProxy, type RunningRegistry } from '../helpers/registry.ts'
+import { listTree, listTreeAsync } from '../helpers/erofs.ts'
+import { NAIAD_BIN, startNaiad, type Daemon } from '../helpers/daemon.ts'
+import { fetchNydusImage, mountAll, unpackLikeContainerd, type NydusImage } from '../helpers/unpacker.ts'
+
+const exec = promisify(execFile)
+
+async function naiad (...argv: string[]): Promise<{ code: number, out: string, err: string }> {
+  const out: string[] = []; const err: string[] = []
+  const w = (a: string[]): Writable => new Writable({ write (c, _e, cb) { a.push(String(c)); cb() } })
+  const code = await run(argv, { stdout: w(out), stderr: w(err) })
+  return { code, out: out.join(''), err: err.join('') }
+}
+
+function pidAlive (pid: number): boolean {
+  try { process.kill(pid, 0); return true } catch { return false }
+}
+
+const BIG = 24 * 1024 * 1024
+
+describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter remote path (lazy Nydus)', () => {
+  let reg: RunningRegistry
+  let proxy: CountingProxy
+  let work: string
+  let rootfs: string
+  let image: NydusImage
+  let imageRef: string
+  const fsdPids = new Set<number>()
+  const daemons: Daemon[] = []
+  const log = createLogger({ service: 'test', level: 'silent' })
+
+  beforeAll(async () => {
+    reg = await startRegistry()
+    proxy = await startCountingProxy(reg.host)
+    work = mkdtempSync(join(tmpdir(), 'naiad-snapremote-'))
+    const img = buildImage({
+      workDir: join(work, 'img'),
+      layers: [
+        (r) => {
+          mkdirSync(join(r, 'bin'))
+          execFileSync('cp', ['/bin/busybox', join(r, 'bin', 'busybox')])
+          execFileSync('ln', ['-s', 'busybox', join(r, 'bin', 'sh')])
+          mkdirSync(join(r, 'etc'))
+          writeFileSync(join(r, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
+          writeFileSync(join(r, 'etc', 'gone'), 'deleted in layer 2\n')
+          execFileSync('mknod', [join(r, 'etc', 'null'), 'c', '1', '3'])
+          execFileSync('mkfifo', [join(r, 'etc', 'fifo')])
+          execFileSync('setfattr', ['-n', 'user.note', '-v', 'kept', join(r, 'etc', 'passwd')])
+        },
+        (r) => {
+          mkdirSync(join(r, 'data'))
+          writeFileSync(join(r, 'data', 'big.bin'), patternBytes(BIG, 3))
+          writeFileSync(join(r, 'data', 'small.txt'), 'a small file\n')
+          execFileSync('ln', [join(r, 'data', 'small.txt'), join(r, 'data', 'small-link.txt')])
+          execFileSync('chown', ['1234:5678', join(r, 'data', 'small.txt')])
+        },
+        (r) => {
+          mkdirSync(join(r, 'etc'))
+          writeFileSync(join(r, 'etc', '.wh.gone'), '')
+          writeFileSync(join(r, 'etc', 'hostname'), 'naiad\n')
+          execFileSync('ln', ['-s', '../data/small.txt', join(r, 'etc', 'link')])
+        }
+      ]
+    })
+    execFileSync('umoci', ['unpack', '--image', `${img.layout}:${img.tag}`, join(work, 'bundle')], { stdio: 'ignore' })
+    rootfs = join(work, 'bundle', 'rootfs')
+    pushImage(img, reg.host, 'app/remote:v1')
+    const c = await naiad('convert', '--source', `${reg.host}/app/remote:v1`, '--target', `${reg.host}/app/remote:nydus`)
+    expect(c.code, c.err).toBe(0)
+    // blobs are read through the counting proxy: the image reference names it
+    imageRef = `${proxy.host}/app/remote:nydus`
+    image = await fetchNydusImage(`${reg.host}/app/remote:nydus`)
+    expect(image.layers.length).toBe(4) // three data blobs and the bootstrap
+  }, 180_000)
+
+  afterAll(async () => {
+    for (const d of daemons) await d.kill().catch(() => {})
+    for (const pid of fsdPids) { try { process.kill(pid, 'SIGKILL') } catch {} }
+    if (work !== undefined) {
+      for (const l of readFileSync('/proc/self/mounts', 'utf8').split('\n').reverse()) {
+        const mp = l.split(' ')[1]
+        if (mp?.startsWith(work) === true) await exec('umount', ['-l', mp]).catch(() => {})
+      }
+    }
+    await proxy?.stop()
+    await reg?.stop()
+    if (work !== undefined) rmSync(work, { recursive: true, force: true })
+  })
+
+  function fsdOptions (name: string, over: Partial<FsdRemoteOptions> = {}): FsdRemoteOptions {
+    return {
+      socket: join(work, name, 'fsd.sock'),
+      start: true,
+      binary: NAIAD_BIN,
+      config: '',
+      cacheDir: join(work, name, 'cache'),
+      stateDir: join(work, name, 'fsd-state'),
+      logFile: join(work, name, 'fsd.log'),
+      startTimeoutMs: 20_000,
+      plainHttp: false,
+      stopOnClose: true,
+      ...over
+    }
+  }
+
+  it('in process: data layers are skipped, the container gets an overlay on the FUSE mount, reads are lazy, the last user releases the mount', async () => {
+    const o = fsdOptions('inproc')
+    const remote = new FsdRemoteFilesystem({ log }, o)
+    const sn = new LocalSnapshotter({ log, remote }, { root: join(work, 'inproc', 'root') })
+    try {
+      proxy.reset()
+      const top = await unpackLikeContainerd(sn, image, imageRef, join(work, 'inproc', 'apply'))
+      // only the small bootstrap layer was downloaded (by the "unpacker"), no data blob
+      expect(top.skipped).toBe(3)
+      const fsd = new FsdClient({ socketPath: o.socket })
+      expect(existsSync(o.socket)).toBe(false) // the fsdaemon starts only when a container needs it
+      const mounts = await sn.prepare('container-1', top.chainId)
+      expect(mounts).toHaveLength(1)
+      expect(mounts[0]!.type).toBe('overlay')
+      const mnt = join(work, 'inproc', 'c1')
+      const served = await fsd.list()
+      expect(served).toHaveLength(1)
+      fsdPids.add((await fsd.daemon()).pid)
+      expect(mounts[0]!.options).toContain(`lowerdir=${served[0]!.mountpoint}`)
+      const umount = await mountAll(mounts, mnt)
+      try {
+        expect((await exec('cat', [join(mnt, 'data', 'small.txt')])).stdout).toBe('a small file\n')
+        expect(proxy.bytesServed()).toBeLessThan(BIG / 4)
+        // the whole tree equals the source image (the overlay root's own attributes come from its upper dir)
+        expect(await listTreeAsync(mnt, '--skip-root-attrs')).toBe(listTree(rootfs, '--skip-root-attrs'))
+        // the container's layer is writable
+        await exec('sh', ['-c', `echo written > ${join(mnt, 'etc', 'new')}`])
+        expect((await exec('cat', [join(mnt, 'etc', 'new')])).stdout).toBe('written\n')
+        // a second container of the same image shares the FUSE mount
+        const m2 = await sn.prepare('container-2', top.chainId)
+        expect(m2[0]!.options).toContain(`lowerdir=${served[0]!.mountpoint}`)
+        expect(await fsd.list()).toHaveLength(1)
+        // mounts() is idempotent
+        expect(await sn.mounts('container-2')).toEqual(m2)
+        await sn.remove('container-2')
+        expect(await fsd.list()).toHaveLength(1)
+      } finally {
+        await umount()
+      }
+      await sn.remove('container-1')
+      expect(await fsd.list()).toEqual([]) // released with its last user
+      // GC removes the image snapshots, children first; cleanup finds nothing left over
+      for (const k of [...top.chainIds].reverse()) await sn.remove(k)
+      await sn.cleanup()
+    } finally {
+      await sn.close()
+    }
+    expect([...fsdPids].some(pidAlive)).toBe(false) // stopOnClose
+  }, 120_000)
+
+  it('over gRPC: kill -9 of the snapshotter leaves the mount serving and the restart re-adopts it; kill -9 of the fsdaemon: the next prepare restarts it and remounts', async () => {
+    const base = join(work, 'grpc')
+    mkdirSync(base, { recursive: true })
+    const o = fsdOptions('grpc')
+    const sock = join(base, 'snap.sock')
+    const cfg = join(base, 'snapshotter.toml')
+    writeFileSync(cfg, [
+      '[root]', `dir = "${join(base, 'root')}"`,
+      '[socket]', `path = "${sock}"`,
+      '[fsdaemon]', `socket = "${o.socket}"`, `binary = "${NAIAD_BIN}"`, `cache_dir = "${o.cacheDir}"`, `state_dir = "${o.stateDir}"`, `log_file = "${o.logFile}"`
+    ].join('\n') + '\n')
+    const start = async (...extra: string[]): Promise<Daemon> => {
+      const d = startNaiad(['snapshotter', '--config', cfg, '--log-level', 'info', ...extra])
+      daemons.push(d)
+      await d.waitFor('ready', 30_000)
+      return d
+    }
+    let d = await start()
+    const c = new SnapshotsClient({}, { socket: sock })
+    const fsd = new FsdClient({ socketPath: o.socket })
+    const top = await unpackLikeContainerd(c, image, imageRef, join(base, 'apply'))
+    const m1 = await c.prepare('c1', top.chainId)
+    const pid1 = (await fsd.daemon()).pid
+    fsdPids.add(pid1)
+    const mnt1 = join(base, 'c1')
+    const um1 = await mountAll(m1, mnt1)
+    try {
+      expect((await exec('cat', [join(mnt1, 'etc', 'hostname')])).stdout).toBe('naiad\n')
+      // kill -9 of the snapshotter: the fsdaemon (its own session) keeps serving the container
+      await d.kill()
+      expect(pidAlive(pid1)).toBe(true)
+      const sum = (await exec('sha256sum', [join(mnt1, 'data', 'big.bin')])).stdout.split(' ')[0]
+      expect(sum).toBe(execFileSync('sha256sum', [join(rootfs, 'data', 'big.bin')], { encoding: 'utf8' }).split(' ')[0])
+      // the restarted snapshotter re-adopts the running daemon and its mount
+      d = await start()
+      await d.waitFor('image lower directory checked after start')
+      expect((await fsd.daemon()).pid).toBe(pid1)
+      const m2 = await c.prepare('c2', top.chainId)
+      expect(m2).toEqual([{ ...m1[0]!, options: m2[0]!.options }])
+      expect(m2[0]!.options.find((x) => x.startsWith('lowerdir='))).toBe(m1[0]!.options.find((x) => x.startsWith('lowerdir=')))
+      await c.remove('c2')
+      // kill -9 of the fsdaemon: the running container's lower layer is gone (documented) ...
+      process.kill(pid1, 'SIGKILL')
+      for (let i = 0; i < 100 && pidAlive(pid1); i++) await new Promise((resolve) => setTimeout(resolve, 20))
+      const broken = await exec('cat', [join(mnt1, 'etc', 'passwd')]).then(() => 'read', (e: { stderr: string }) => e.stderr)
+      expect(broken).toMatch(/not connected|Input\/output error|No such device/)
+    } finally {
+      await um1()
+    }
+    // ... and the next container prepare starts a new fsdaemon, which serves the image again
+    const m3 = await c.prepare('c3', top.chainId)
+    const pid2 = (await fsd.daemon()).pid
+    fsdPids.add(pid2)
+    expect(pid2).not.toBe(pid1)
+    const mnt3 = join(base, 'c3')
+    const um3 = await mountAll(m3, mnt3)
+    try {
+      expect((await exec('cat', [join(mnt3, 'etc', 'passwd')])).stdout).toBe('root:x:0:0:root:/root:/bin/sh\n')
+    } finally {
+      await um3()
+    }
+    await c.remove('c1')
+    await c.remove('c3')
+    expect(await fsd.list()).toEqual([])
+    await c.close()
+    // --stop-fsdaemon: the snapshotter stops the fsdaemon when it exits
+    await d.stop()
+    d = await start('--stop-fsdaemon')
+    await d.stop()
+    expect(pidAlive(pid2)).toBe(false)
+  }, 120_000)
+})
