@@ -5,6 +5,7 @@ import { registerP2pCommands } from '../p2p/cli.ts'
 import { registerFsdCommands } from '../fsdaemon/cli.ts'
 import { registerSnapshotterCommands } from '../snapshotter/cli.ts'
 import { registerPullCommand } from '../snapshotter/pull/cli.ts'
+import { registerInstallCommands } from '../systemd/cli.ts'
 
 function version (): string {
   try {
@@ -30,6 +31,7 @@ export async function run (argv: string[], io: Io): Promise<number> {
   registerFsdCommands(program, io, (c) => { code = c })
   registerSnapshotterCommands(program, io, (c) => { code = c })
   registerPullCommand(program, io, (c) => { code = c })
+  registerInstallCommands(program, io, (c) => { code = c })
   for (const c of program.commands) c.exitOverride()
   try {
     await program.parseAsync(argv, { from: 'user' })

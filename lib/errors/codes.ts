@@ -108,6 +108,12 @@ export const CODES = {
   NAIAD_PULL_APPLY: { kind: 'FailedPrecondition', summary: 'containerd could not unpack a layer onto its snapshot', hint: 'a Nydus blob layer reaching this point means the snapshotter did not take it as remote: check the snapshotter log; otherwise the message quotes containerd\'s error' },
   NAIAD_PULL_DIFF_ID_MISMATCH: { kind: 'DataLoss', summary: 'an unpacked layer does not match the diff id in the image config', hint: 'the image is inconsistent (config and layers from different builds); rebuild or re-push it' },
 
+  // naiad install / uninstall
+  NAIAD_INSTALL_SOURCE: { kind: 'FailedPrecondition', summary: 'the suite to install is incomplete (not built, or a file is missing)', hint: 'run `npm ci && npm run build` in the checkout, then `naiad install` again' },
+  NAIAD_INSTALL_CONFLICT: { kind: 'FailedPrecondition', summary: 'a file naiad install would write exists and was not written by naiad install', hint: 'the message names the file; move it away, or pass --force to replace it' },
+  NAIAD_INSTALL_NOT_INSTALLED: { kind: 'NotFound', summary: 'no naiad installation (install manifest) under this root and prefix', hint: 'pass the same --root and --prefix as to naiad install' },
+  NAIAD_INSTALL_CONTAINERD_CONFIG: { kind: 'InvalidArgument', summary: 'containerd\'s config.toml cannot be merged with the naiad snippet', hint: 'the message names the file and the problem; merge /etc/naiad/containerd-snippet.toml by hand (docs/containerd.md)' },
+
   // generic
   NAIAD_ABORTED: { kind: 'Aborted', summary: 'the operation was cancelled', hint: 'it was interrupted by a signal or a caller' },
   NAIAD_CLOSED: { kind: 'FailedPrecondition', summary: 'the component was already closed', hint: 'this is a bug in the caller' },
