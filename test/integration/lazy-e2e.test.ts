@@ -1,0 +1,231 @@
+/**
+ * End to end with real parts: a private registry (reached through a counting proxy), a private
+ * containerd 1.6 with runc and the CRI plugin (snapshotter = "nydus",
+ * disable_snapshot_annotations = false), naiad's snapshotter as the `nydus` proxy plugin with its
+ * fsdaemon (real FUSE). A multi-layer busybox image is built, converted with `naiad convert`, and
+ * both images are pushed. Then:
+ *
+ * - `naiad pull` of the Nydus image and `ctr run --snapshotter nydus` print the expected output,
+ *   the data layers are never downloaded, and the registry serves far fewer bytes than the image
+ *   holds;
+ * - a listing of the container's filesystem (paths, types, modes, owners, sizes, link counts,
+ *   link targets, sha256), computed inside the container by busybox with a script bind-mounted
+ *   in, equals the listing of the original OCI image run under containerd's overlayfs snapshotter;
+ * - the same lazy pull through containerd's CRI `runtime.v1.ImageService/PullImage` (our own
+ *   proto subset, a tiny gRPC client), then a run in namespace k8s.io.
+ *
+ * The counting proxy runs in this process, so while anything reads through it only async child
+ * processes are used. Containers run with --rm and a command (ctr never gets stdin).
+ */
+import { execFile } from 'node:child_process'
+import { chmodSync, copyFileSync, existsSync, linkSync, mkdirSync, symlinkSync, writeFileSync, chownSync } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import * as grpc from '@grpc/grpc-js'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { loadProto } from '../../lib/proto/index.ts'
+import { haveContainerd, startContainerd, type RunningContainerd } from '../helpers/containerd.ts'
+import { NAIAD_BIN, startNaiad, type Daemon } from '../helpers/daemon.ts'
+import { buildImage, pushImage } from '../helpers/images.ts'
+import { openImageStore } from '../../lib/registry/index.ts'
+import { parseManifest } from '../../lib/oci/index.ts'
+import { randomBytes } from 'node:crypto'
+import { haveRegistry, startCountingProxy, startRegistry, type CountingProxy, type RunningRegistry } from '../helpers/registry.ts'
+
+const run = promisify(execFile)
+const NS = 'naiadlazy'
+const BIG = 16 * 1024 * 1024
+const remotePathPresent = existsSync(new URL('../../snapshotter/remote/fsd.ts', import.meta.url))
+const ready = process.getuid?.() === 0 && haveContainerd() && existsSync(NAIAD_BIN) && haveRegistry() && existsSync('/dev/fuse') && remotePathPresent
+
+interface Summary { image: string, chainId: string, layers: Array<{ outcome: string, size: number, mediaType: string }>, skipped: number, downloaded: number, bytesDownloaded: number }
+
+/** The listing script, run by busybox inside the container; one line per entry, sorted. */
+const LIST_SCRIPT = `
+B=/bin/busybox
+$B find / -xdev | $B sort | while IFS= read -r p; do
+  case "$p" in /|/naiad-list.sh|/proc|/sys|/dev|/dev/*|/run|/run/*|/etc/resolv.conf|/etc/hostname|/etc/hosts) continue;; esac
+  t=$($B stat -c %F "$p")
+  line=$($B stat -c '%n|%F|%a|%u|%g' "$p")
+  case "$t" in
+    "regular file"|"regular empty file") line="$line|$($B stat -c '%s|%h' "$p")|$($B sha256sum "$p" | $B cut -d' ' -f1)";;
+    "symbolic link") line="$line|$($B stat -c %s "$p")|$($B readlink "$p")";;
+    "character special file"|"block special file") line="$line|$($B stat -c '%t,%T' "$p")";;
+  esac
+  echo "$line"
+done
+`
+
+async function naiad (args: string[], timeoutMs = 120_000): Promise<{ code: number, stdout: string, stderr: string }> {
+  try {
+    const r = await run(process.execPath, [NAIAD_BIN, ...args], { timeout: timeoutMs, maxBuffer: 64 * 1024 * 1024 })
+    return { code: 0, stdout: r.stdout, stderr: r.stderr }
+  } catch (err) {
+    const e = err as { code?: number, stdout?: string, stderr?: string }
+    return { code: typeof e.code === 'number' ? e.code : -1, stdout: e.stdout ?? '', stderr: e.stderr ?? String(err) }
+  }
+}
+
+/** runtime.v1.ImageService/PullImage on containerd's socket; returns the image ref (config id). */
+async function criPull (address: string, image: string): Promise<string> {
+  const pkg = loadProto('cri/runtime/v1/images.proto') as unknown as { runtime: { v1: { ImageService: grpc.ServiceClientConstructor } } }
+  const client = new pkg.runtime.v1.ImageService(`unix:${address}`, grpc.credentials.createInsecure())
+  try {
+    return await new Promise<string>((resolve, reject) => {
+      const fn = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { imageRef: string }) => void) => void>)['PullImage']!
+      fn.call(client, { image: { image } }, new grpc.Metadata(), { deadline: new Date(Date.now() + 120_000) }, (err, res) => {
+        if (err !== null) reject(err)
+        else resolve(res.imageRef)
+      })
+    })
+  } finally {
+    client.close()
+  }
+}
+
+describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run on the nydus snapshotter', () => {
+  let base = ''
+  let snap: Daemon | undefined
+  let ctd: RunningContainerd | undefined
+  let registry: RunningRegistry | undefined
+  let proxy: CountingProxy | undefined
+  let ociRef = ''
+  let nydusRef = ''
+  let listScript = ''
+  /** Bytes of the Nydus image's layers (what a full pull downloads). */
+  let imageBytes = 0
+
+  beforeAll(async () => {
+    base = await mkdtemp('/tmp/naiad-lazy-')
+    registry = await startRegistry()
+    proxy = await startCountingProxy(registry.host)
+    const img = buildImage({
+      workDir: join(base, 'img'),
+      cmd: ['/bin/busybox', 'cat', '/etc/motd'],
+      layers: [
+        (root) => {
+          mkdirSync(join(root, 'bin'))
+          copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'))
+          chmodSync(join(root, 'bin', 'busybox'), 0o755)
+          for (const l of ['sh', 'cat', 'ls']) symlinkSync('busybox', join(root, 'bin', l))
+          mkdirSync(join(root, 'etc'))
+          writeFileSync(join(root, 'etc', 'passwd'), 'root:x:0:0:root:/root:/bin/sh\n')
+          writeFileSync(join(root, 'etc', 'gone'), 'deleted in layer 3\n')
+        },
+        (root) => {
+          mkdirSync(join(root, 'data'))
+          writeFileSync(join(root, 'data', 'big.bin'), randomBytes(BIG))
+          writeFileSync(join(root, 'data', 'small.txt'), 'a small file\n')
+          linkSync(join(root, 'data', 'small.txt'), join(root, 'data', 'small-link.txt'))
+          chownSync(join(root, 'data', 'small.txt'), 1234, 5678)
+          chmodSync(join(root, 'data', 'small.txt'), 0o640)
+          writeFileSync(join(root, 'data', 'empty'), '')
+        },
+        (root) => {
+          mkdirSync(join(root, 'etc'))
+          writeFileSync(join(root, 'etc', '.wh.gone'), '')
+          writeFileSync(join(root, 'etc', 'motd'), 'hello from a lazy naiad image\n')
+          symlinkSync('../data/small.txt', join(root, 'etc', 'link'))
+          mkdirSync(join(root, 'opt', 'app'), { recursive: true })
+          chmodSync(join(root, 'opt', 'app'), 0o711)
+        }
+      ]
+    })
+    ociRef = pushImage(img, registry.host, 'naiad/lazy:oci')
+    const c = await naiad(['convert', '--source', ociRef, '--target', `${registry.host}/naiad/lazy:nydus`])
+    expect(c.code, c.stderr).toBe(0)
+    nydusRef = `${proxy.host}/naiad/lazy:nydus`
+    const store = openImageStore(`${registry.host}/naiad/lazy:nydus`, { plainHttp: true })
+    try {
+      const m = await store.getManifest()
+      imageBytes = parseManifest(m.bytes, m.mediaType).layers.reduce((n, l) => n + l.size, 0)
+    } finally {
+      await store.close()
+    }
+    expect(imageBytes).toBeGreaterThan(BIG)
+    listScript = join(base, 'naiad-list.sh')
+    await writeFile(listScript, LIST_SCRIPT, { mode: 0o755 })
+
+    const cfg = join(base, 'snapshotter.toml')
+    await writeFile(cfg, [
+      '[root]', `dir = "${join(base, 'snapshots')}"`,
+      '[socket]', `path = "${join(base, 'snap.sock')}"`,
+      '[fsdaemon]', `socket = "${join(base, 'fsd.sock')}"`, `binary = "${NAIAD_BIN}"`, `cache_dir = "${join(base, 'fsd-cache')}"`,
+      `state_dir = "${join(base, 'fsd-state')}"`, `log_file = "${join(base, 'fsd.log')}"`
+    ].join('\n') + '\n')
+    snap = startNaiad(['snapshotter', '--config', cfg, '--stop-fsdaemon', '--log-level', 'debug'])
+    await snap.waitFor('ready', 30_000)
+    ctd = await startContainerd({ dir: join(base, 'ctd'), snapshotterSocket: join(base, 'snap.sock'), cri: true })
+  }, 180_000)
+
+  afterAll(async () => {
+    await ctd?.stop()
+    await snap?.stop()
+    await proxy?.stop()
+    await registry?.stop()
+    if (base !== '') {
+      const { unmountUnder } = await import('../helpers/containerd.ts')
+      await unmountUnder(base)
+      await rm(base, { recursive: true, force: true })
+    }
+  })
+
+  const logs = (): string => `\ncontainerd log:\n${ctd?.log().slice(-3000) ?? ''}\nsnapshotter log:\n${snap?.output().slice(-3000) ?? ''}`
+
+  it('CRI ImageService/PullImage pulls lazily with the cri.* labels; ctr -n k8s.io run works', async () => {
+    proxy!.reset()
+    const criRef = `${proxy!.host}/naiad/lazy:nydus`
+    const imageRef = await criPull(ctd!.address, criRef).catch((err: Error) => { throw new Error(`PullImage: ${err.message}${logs()}`) })
+    expect(imageRef).toMatch(/^sha256:[0-9a-f]{64}$/)
+    // the data blobs were not downloaded by containerd
+    const pulled = proxy!.bytesServed()
+    expect(pulled, `PullImage fetched ${pulled} of ${imageBytes} bytes`).toBeLessThan(imageBytes * 0.05)
+    const out = await ctd!.ctr('k8s.io', ['run', '--rm', '--snapshotter', 'nydus', criRef, 'cri-1', '/bin/busybox', 'cat', '/etc/motd', '/etc/link'])
+    expect(out).toBe('hello from a lazy naiad image\na small file\n')
+    // the run read busybox and two small files through FUSE with Range requests: far less than the image
+    const served = proxy!.bytesServed()
+    expect(served, `registry served ${served} of ${imageBytes} bytes`).toBeLessThan(imageBytes * 0.2)
+    expect(proxy!.requests().some((q) => q.range !== undefined)).toBe(true)
+    // four committed image snapshots; the top one carries the labels the CRI plugin sent
+    const rows = (await ctd!.ctr('k8s.io', ['snapshots', '--snapshotter', 'nydus', 'ls'])).split('\n').slice(1).map((l) => l.trim().split(/\s+/)).filter((r) => r[r.length - 1] === 'Committed')
+    expect(rows).toHaveLength(4)
+    const parents = new Set(rows.map((r) => r.length === 3 ? r[1] : ''))
+    const top = rows.find((r) => !parents.has(r[0]))![0]!
+    const info = JSON.parse(await ctd!.ctr('k8s.io', ['snapshots', '--snapshotter', 'nydus', 'info', top])) as { Labels: Record<string, string> }
+    expect(info.Labels['containerd.io/snapshot/cri.image-ref']).toBe(criRef)
+    expect(info.Labels['containerd.io/snapshot/nydus-bootstrap']).toBe('true')
+  }, 120_000)
+
+  it('naiad pull skips the data layers; ctr run prints the output; the registry served far fewer bytes than the image holds', async () => {
+    proxy!.reset()
+    const r = await naiad(['pull', '--address', ctd!.address, '--namespace', NS, '--output', 'json', nydusRef])
+    expect(r.code, r.stderr + logs()).toBe(0)
+    const s = JSON.parse(r.stdout) as Summary
+    // three Nydus data blobs taken as remote, the small bootstrap layer downloaded and unpacked
+    expect(s.layers.map((l) => l.outcome)).toEqual(['remote', 'remote', 'remote', 'downloaded'])
+    expect(s.skipped).toBe(3)
+    expect(s.layers.reduce((n, l) => n + l.size, 0)).toBe(imageBytes)
+    const out = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, 'lazy-1'])
+    expect(out).toBe('hello from a lazy naiad image\n')
+    // another small file (its chunk may already be in the fsdaemon's cache)
+    const out2 = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, 'lazy-2', '/bin/busybox', 'cat', '/etc/passwd'])
+    expect(out2).toBe('root:x:0:0:root:/root:/bin/sh\n')
+    const served = proxy!.bytesServed()
+    expect(served, `registry served ${served} of ${imageBytes} bytes`).toBeLessThan(imageBytes * 0.1)
+  }, 120_000)
+
+  it('the container filesystem listing equals the OCI image run under containerd\'s overlayfs snapshotter', async () => {
+    const mount = ['--mount', `type=bind,src=${listScript},dst=/naiad-list.sh,options=rbind:ro`]
+    const lazy = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', ...mount, nydusRef, 'lazy-list', '/bin/busybox', 'sh', '/naiad-list.sh'])
+    await ctd!.ctr(NS, ['images', 'pull', '--plain-http', '--snapshotter', 'overlayfs', ociRef])
+    const plain = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'overlayfs', ...mount, ociRef, 'oci-list', '/bin/busybox', 'sh', '/naiad-list.sh'])
+    expect(plain).toContain(`/data/big.bin|regular file|644|0|0|${BIG}|1|`)
+    expect(plain).toContain('/data/small.txt|regular file|640|1234|5678|13|2|')
+    expect(plain).toContain('/etc/link|symbolic link|777|0|0|17|../data/small.txt')
+    expect(plain).not.toContain('/etc/gone')
+    expect(plain.split('\n').length).toBeGreaterThan(10)
+    expect(lazy).toBe(plain)
+  }, 120_000)
+
+})
