@@ -30,7 +30,7 @@ import { constants } from 'node:fs'
 import { mkdir, open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NaiadError, ioError, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
-import { ChunkDecodePool } from '../../lib/format/decode-pool.ts'
+import { ChunkDecodePool, Unwritten, WRITTEN } from '../../lib/format/decode-pool.ts'
 import type { BlobInfo, ChunkRef } from '../../lib/format/types.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import type { BlobCacheStats, ChunkFetcher, ChunkReader, FetchOptions, FetchPriority, FetchResult } from '../types.ts'
@@ -82,20 +82,21 @@ export interface BlobCacheDetailStats extends BlobCacheStats {
 }
 
 interface Inflight {
-  promise: Promise<Buffer>
+  /** The chunk's bytes, or undefined once it is ready in the cache file. */
+  promise: Promise<Buffer | undefined>
   priority: FetchPriority
 }
 
 interface Deferred {
-  promise: Promise<Buffer>
-  resolve: (b: Buffer) => void
+  promise: Promise<Buffer | undefined>
+  resolve: (b: Buffer | undefined) => void
   reject: (e: Error) => void
 }
 
 function deferred (): Deferred {
-  let resolve!: (b: Buffer) => void
+  let resolve!: (b: Buffer | undefined) => void
   let reject!: (e: Error) => void
-  const promise = new Promise<Buffer>((res, rej) => { resolve = res; reject = rej })
+  const promise = new Promise<Buffer | undefined>((res, rej) => { resolve = res; reject = rej })
   promise.catch(() => { /* waiters handle it; nobody may be waiting */ })
   return { promise, resolve, reject }
 }
@@ -290,6 +291,7 @@ export class BlobCache implements ChunkReader {
     }
     throwIfAborted(opts.signal)
     if (length === 0) return Buffer.alloc(0)
+    let waited = false
     for (let round = 0; round < 4; round++) {
       if (testBit(this.ready, ref.index)) {
         let b: Buffer | undefined
@@ -303,13 +305,15 @@ export class BlobCache implements ChunkReader {
           b = undefined
         }
         if (b !== undefined) {
-          this.counters.cacheHits++
+          // a chunk this call waited for (fetched, then read back from the file) is no hit
+          if (!waited) this.counters.cacheHits++
           return b
         }
         // the cache file lost data under us (truncated by hand): forget the chunk, fetch it again
         this.forget(ref.index, 'short read from the cache file')
       }
       const data = await this.waitChunk(ref, fetcher, opts)
+      waited = true
       if (data !== undefined) return data.subarray(offset, offset + length)
     }
     throw new NaiadError('NAIAD_INTERNAL', `chunk ${ref.index} of blob ${this.blob.blobId} keeps disappearing from the cache`)
@@ -405,7 +409,7 @@ export class BlobCache implements ChunkReader {
     }
   }
 
-  private settle (index: number, mine: Map<number, Deferred>, result: Buffer | Error): void {
+  private settle (index: number, mine: Map<number, Deferred>, result: Buffer | Error | undefined): void {
     const d = mine.get(index)
     if (d === undefined) return
     mine.delete(index)
@@ -440,12 +444,28 @@ export class BlobCache implements ChunkReader {
         }
         this.counters.requests++
         this.bytesFetched[res.source] = (this.bytesFetched[res.source] ?? 0) + res.data.length
-        // decompress + verify in the decoder's worker threads (the fetched bytes are handed over)
-        const decoded = await this.decoder.decode(r.chunks, res.data, r.start, isOwnedBuffer(res.data))
+        // decompress + verify in the decoder's worker threads (the fetched bytes are handed
+        // over), which also write verified chunks to the cache file: their bytes never come back
+        const fd = (this.dataFh as FileHandle).fd
+        const decoded = await this.decoder.decodeInto(fd, r.chunks, res.data, r.start, isOwnedBuffer(res.data))
         const good: Array<{ c: ChunkRef, data: Buffer }> = []
+        let verified = 0
         r.chunks.forEach((c, i) => {
           const d = decoded[i]!
-          if (!(d instanceof Error)) { good.push({ c, data: d }); return }
+          if (d === WRITTEN) {
+            verified++
+            this.markReady(c)
+            this.settle(c.index, mine, undefined)
+            return
+          }
+          if (d instanceof Unwritten) {
+            verified++
+            this.counters.writeErrors++
+            this.log.warn({ chunkIndex: c.index, err: ioError('write cache file', this.dataPath, new Error(d.cause)) }, 'cannot cache a chunk; serving it from memory')
+            this.settle(c.index, mine, d.data)
+            return
+          }
+          if (!(d instanceof Error)) { verified++; good.push({ c, data: d }); return }
           this.counters.digestFailures++
           this.badBytesFrom[res.source] = (this.badBytesFrom[res.source] ?? 0) + 1
           exclude.add(res.source)
@@ -456,7 +476,7 @@ export class BlobCache implements ChunkReader {
             'chunk failed verification: not served, fetching it from another source')
           again.push(c)
         })
-        this.counters.chunksVerified += good.length
+        this.counters.chunksVerified += verified
         // chunks next to each other in the cache file (and in memory) are written with one write
         for (let i = 0; i < good.length;) {
           let j = i + 1
@@ -500,11 +520,14 @@ export class BlobCache implements ChunkReader {
       this.log.warn({ chunkIndex: first.c.index, chunks: group.length, err: ioError('write cache file', this.dataPath, err) }, 'cannot cache a chunk; serving it from memory')
       return
     }
-    for (const { c } of group) {
-      if (!testBit(this.ready, c.index)) {
-        setBit(this.ready, c.index)
-        this.readyCount++
-      }
+    for (const { c } of group) this.markReady(c)
+  }
+
+  /** A verified chunk is in the cache file: mark it ready (persisted by the next flush). */
+  private markReady (c: ChunkRef): void {
+    if (!testBit(this.ready, c.index)) {
+      setBit(this.ready, c.index)
+      this.readyCount++
     }
     this.dirty = true
     this.scheduleFlush()

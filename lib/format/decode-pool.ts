@@ -21,12 +21,22 @@ import type { ChunkRef } from './types.ts'
 const WORKER_SOURCE = `
 const { parentPort, workerData } = require('node:worker_threads')
 const { createHash } = require('node:crypto')
+const { writeSync } = require('node:fs')
 const zstd = require(workerData.zstdPath)
 const { blake3 } = require(workerData.blakePath)
 const dctx = new zstd.DCtx()
+// with a file to write to, chunks are decoded into this buffer, reused for the thread's life
+let scratch = Buffer.alloc(0)
+const message = (err) => String(err && err.message ? err.message : err)
 parentPort.on('message', (m) => {
   const src = Buffer.from(m.buf, m.off, m.len)
-  const out = Buffer.allocUnsafeSlow(m.total)
+  let out
+  if (m.fd === undefined) {
+    out = Buffer.allocUnsafeSlow(m.total)
+  } else {
+    if (scratch.length < m.total) scratch = Buffer.allocUnsafeSlow(Math.max(m.total, 2 * scratch.length))
+    out = scratch
+  }
   const results = []
   let pos = 0
   for (const c of m.chunks) {
@@ -39,7 +49,7 @@ parentPort.on('message', (m) => {
         try {
           n = dctx.decompress(dst, raw)
         } catch (err) {
-          results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: 'zstd: ' + (err && err.message ? err.message : String(err)) })
+          results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: 'zstd: ' + message(err) })
           continue
         }
         if (n !== c.u) { results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: 'zstd: decoded ' + n + ' bytes, expected ' + c.u }); continue }
@@ -51,23 +61,66 @@ parentPort.on('message', (m) => {
       if (!d.equals(c.d)) { results.push({ code: 'NAIAD_FMT_CHUNK_DIGEST' }); continue }
       results.push(null)
     } catch (err) {
-      results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: String(err && err.message ? err.message : err) })
+      results.push({ code: 'NAIAD_FMT_DECOMPRESS', message: message(err) })
     }
   }
-  parentPort.postMessage({ id: m.id, out: out.buffer, results }, [out.buffer])
+  if (m.fd === undefined) {
+    parentPort.postMessage({ id: m.id, out: out.buffer, results }, [out.buffer])
+    return
+  }
+  // write the good chunks (runs adjacent in the file with one pwrite each); chunks that cannot be
+  // written are sent back, to be served from memory
+  const written = m.chunks.map(() => false)
+  let i = 0
+  const offsets = []
+  pos = 0
+  for (const c of m.chunks) { offsets.push(pos); pos += c.u }
+  while (i < m.chunks.length) {
+    if (results[i] !== null) { i++; continue }
+    let j = i + 1
+    while (j < m.chunks.length && results[j] === null && m.chunks[j].f === m.chunks[j - 1].f + m.chunks[j - 1].u) j++
+    const from = offsets[i]
+    const len = offsets[j - 1] + m.chunks[j - 1].u - from
+    try {
+      let done = 0
+      while (done < len) done += writeSync(m.fd, out, from + done, len - done, m.chunks[i].f + done)
+      for (let k = i; k < j; k++) written[k] = true
+    } catch (err) {
+      for (let k = i; k < j; k++) results[k] = { unwritten: message(err) }
+    }
+    i = j
+  }
+  if (written.every((w, k) => w || results[k].code !== undefined)) {
+    parentPort.postMessage({ id: m.id, results: results.map((r, k) => written[k] ? { written: true } : r) })
+    return
+  }
+  const back = Buffer.from(out.subarray(0, pos))
+  parentPort.postMessage({ id: m.id, out: back.buffer, outOff: back.byteOffset, results: results.map((r, k) => written[k] ? { written: true } : r) }, back.byteOffset === 0 && back.buffer.byteLength === back.length ? [back.buffer] : [])
 })
 `
 
-interface WireChunk { o: number, c: number, u: number, z: boolean, h: string, d: Uint8Array }
-interface WireResult { code: string, message?: string }
-interface Reply { id: number, out: ArrayBuffer, results: Array<WireResult | null> }
+interface WireChunk { o: number, c: number, u: number, f: number, z: boolean, h: string, d: Uint8Array }
+interface WireResult { code?: string, message?: string, written?: true, unwritten?: string }
+interface Reply { id: number, out?: ArrayBuffer, outOff?: number, results: Array<WireResult | null> }
 interface Job {
   id: number
   refs: readonly ChunkRef[]
   data: Buffer
   dataStart: number
   owned: boolean
-  resolve: (r: Array<Buffer | NaiadError>) => void
+  resolve: (r: DecodeResult[]) => void
+}
+
+/**
+ * Per chunk: its bytes; `WRITTEN` (decodeInto wrote it to the file); an `Unwritten` (verified
+ * bytes that could not be written); or the error that says why its bytes are bad.
+ */
+export type DecodeResult = Buffer | typeof WRITTEN | Unwritten | NaiadError
+
+export const WRITTEN = 'written' as const
+
+export class Unwritten {
+  constructor (readonly data: Buffer, readonly cause: string) {}
 }
 interface PoolWorker { worker: Worker, jobs: Map<number, Job> }
 
@@ -98,6 +151,21 @@ export class ChunkDecodePool {
    * chunk's entry is its bytes or its error.
    */
   async decode (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<Array<Buffer | NaiadError>> {
+    return await this.run(refs, data, dataStart, owned, undefined) as Array<Buffer | NaiadError>
+  }
+
+  /**
+   * Like decode, but verified chunks are written to the file `fd` (each at its
+   * uncompressedOffset) by the worker and come back as WRITTEN, so their bytes never cross to
+   * the calling thread; bytes that could not be written come back as Unwritten. The caller must
+   * keep `fd` open until this settles. Without workers (or for lz4 chunks) nothing is written:
+   * the results are bytes, as from decode().
+   */
+  async decodeInto (fd: number, refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<DecodeResult[]> {
+    return await this.run(refs, data, dataStart, owned, fd)
+  }
+
+  private async run (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned: boolean, fd: number | undefined): Promise<DecodeResult[]> {
     for (const r of refs) {
       if (r.compressedOffset < dataStart || r.compressedOffset + r.compressedSize > dataStart + data.length) {
         throw new NaiadError('NAIAD_INTERNAL', `chunk ${r.index} (${r.compressedOffset}+${r.compressedSize}) is outside the ${data.length} bytes at ${dataStart}`)
@@ -113,6 +181,7 @@ export class ChunkDecodePool {
         o: r.compressedOffset - dataStart,
         c: r.compressedSize,
         u: r.uncompressedSize,
+        f: r.uncompressedOffset,
         z: r.compressed && r.blob.compressor === 'zstd',
         h: r.blob.digester,
         d: new Uint8Array(r.digest) // a copy: the digest is a view into the bootstrap, which postMessage would clone whole
@@ -121,7 +190,7 @@ export class ChunkDecodePool {
       // whole, unshared ArrayBuffers are transferred; anything else is copied by postMessage
       const whole = owned && data.byteOffset === 0 && data.buffer.byteLength === data.length && !(data.buffer instanceof SharedArrayBuffer)
       const buf = whole ? data.buffer : data.buffer.slice(data.byteOffset, data.byteOffset + data.length)
-      w.worker.postMessage({ id: job.id, buf, off: 0, len: data.length, total, chunks }, [buf as ArrayBuffer])
+      w.worker.postMessage({ id: job.id, buf, off: 0, len: data.length, total, chunks, ...(fd !== undefined ? { fd } : {}) }, [buf as ArrayBuffer])
     })
   }
 
@@ -158,12 +227,16 @@ export class ChunkDecodePool {
       if (job === undefined) return
       w.jobs.delete(m.id)
       if (w.jobs.size === 0) worker.unref()
-      const out = Buffer.from(m.out)
-      const res: Array<Buffer | NaiadError> = []
+      const out = m.out !== undefined ? Buffer.from(m.out, m.outOff ?? 0) : Buffer.alloc(0)
+      const res: DecodeResult[] = []
       let pos = 0
       job.refs.forEach((r, i) => {
         const e = m.results[i]
-        res.push(e === null || e === undefined ? out.subarray(pos, pos + r.uncompressedSize) : wireError(r, e))
+        const bytes = (): Buffer => out.subarray(pos, pos + r.uncompressedSize)
+        if (e === null || e === undefined) res.push(bytes())
+        else if (e.written === true) res.push(WRITTEN)
+        else if (e.unwritten !== undefined) res.push(new Unwritten(bytes(), e.unwritten))
+        else res.push(wireError(r, e))
         pos += r.uncompressedSize
       })
       job.resolve(res)

@@ -1,10 +1,12 @@
 /**
  * ChunkDecodePool (lib/format/decode-pool.ts): chunks of real blobs decoded in worker threads give
  * the same bytes as BlobReader.decodeChunk, and bytes that fail give the same error codes, per
- * chunk, never the bytes.
+ * chunk, never the bytes; decodeInto writes only verified chunks.
  */
 import { afterAll, describe, expect, it } from 'vitest'
-import { ChunkDecodePool } from '../../../lib/format/decode-pool.ts'
+import { open, readFile } from 'node:fs/promises'
+import { join } from 'node:path'
+import { ChunkDecodePool, Unwritten, WRITTEN } from '../../../lib/format/decode-pool.ts'
 import { NaiadError } from '../../../lib/errors/index.ts'
 import { buildBlob, type TestBlob } from './cache-fixtures.ts'
 
@@ -68,6 +70,44 @@ describe('ChunkDecodePool', () => {
     const out2 = await pool.decode(raw.refs, r.data, r.start, true)
     expect((out2[0] as NaiadError).code).toBe('NAIAD_FMT_CHUNK_DIGEST')
     expect(out2[1] instanceof Buffer && out2[1].equals(raw.chunk(1))).toBe(true)
+  })
+
+  it('decodeInto: the worker writes verified chunks to the file at their offsets; bad chunks are not written; a failed write returns the bytes', async () => {
+    const tb = await buildBlob({ chunks: 5, chunkSize: 64 * 1024, compressor: 'zstd', seed: 11, lastChunkBytes: 777 })
+    blobs.push(tb)
+    const pool = new ChunkDecodePool({ workers: 1 })
+    pools.push(pool)
+    const file = join(tb.dir, 'cache.data')
+    const fh = await open(file, 'w+')
+    try {
+      await fh.truncate(tb.blob.uncompressedSize)
+      const { data, start } = span(tb, 0, 4)
+      data[tb.refs[2]!.compressedOffset - start + 20]! ^= 0xff
+      const out = await pool.decodeInto(fh.fd, tb.refs, data, start, true)
+      expect(out.map(r => r === WRITTEN)).toEqual([true, true, false, true, true])
+      expect(['NAIAD_FMT_CHUNK_DIGEST', 'NAIAD_FMT_DECOMPRESS']).toContain((out[2] as NaiadError).code)
+      const onDisk = await readFile(file)
+      for (const i of [0, 1, 3, 4]) {
+        const r = tb.refs[i]!
+        expect(onDisk.subarray(r.uncompressedOffset, r.uncompressedOffset + r.uncompressedSize).equals(tb.chunk(i))).toBe(true)
+      }
+      expect(onDisk.subarray(tb.refs[2]!.uncompressedOffset, tb.refs[2]!.uncompressedOffset + 4096).equals(Buffer.alloc(4096))).toBe(true)
+    } finally {
+      await fh.close()
+    }
+    // a descriptor that cannot be written: verified bytes come back to be served from memory
+    const ro = await open(file, 'r')
+    try {
+      const { data, start } = span(tb, 0, 1)
+      const out = await pool.decodeInto(ro.fd, tb.refs.slice(0, 2), data, start, true)
+      out.forEach((r, i) => {
+        expect(r).toBeInstanceOf(Unwritten)
+        expect((r as Unwritten).data.equals(tb.chunk(i))).toBe(true)
+        expect((r as Unwritten).cause).toMatch(/EBADF/)
+      })
+    } finally {
+      await ro.close()
+    }
   })
 
   it('with 0 workers decodes on the calling thread; a range that does not hold the chunks is an internal error', async () => {
