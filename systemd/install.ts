@@ -357,11 +357,9 @@ export async function install (o: InstallOptions = {}): Promise<Report> {
 
   let containerdBackup = previous?.containerdBackup
   if (o.configureContainerd === true) {
-    const r = await configureContainerd(root, join(source, 'systemd', SNIPPET), dryRun)
-    if (r !== undefined) {
-      changes.push(r.change)
-      containerdBackup ??= r.backup
-    }
+    const r = await mergeContainerdConfig(root, join(source, 'systemd', SNIPPET), dryRun)
+    changes.push(r.change)
+    containerdBackup ??= r.backup
   }
 
   const manifest: Manifest = { version: version(source), prefix, node, files: written, dirs: [...created].sort(), ...(containerdBackup !== undefined ? { containerdBackup } : {}) }
@@ -488,7 +486,7 @@ function table (t: Table, key: string, where: string): Table {
  * previous file is kept as config.toml.naiad-backup (once: the first merge's original). Comments
  * of the old file are lost in the merged one (smol-toml does not keep them); they stay in the backup.
  */
-async function configureContainerd (root: string, snippetPath: string, dryRun: boolean): Promise<{ change: Change, backup?: string } | undefined> {
+export async function mergeContainerdConfig (root: string, snippetPath: string, dryRun: boolean): Promise<{ change: Change, backup?: string }> {
   const path = '/etc/containerd/config.toml'
   const target = join(root, path)
   const snippet = parseToml(await readFile(snippetPath, 'utf8')) as Table
