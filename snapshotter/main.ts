@@ -12,6 +12,7 @@ import { snapshotterConfigSchema, type SnapshotterConfig } from './config.ts'
 import { SnapshotsServer } from './grpc/service.ts'
 import { LocalSnapshotter } from './local/overlay.ts'
 import { FsdRemoteFilesystem } from './remote/fsd.ts'
+import { RegistryMaterializer } from './remote/materialize.ts'
 import { notifyReady } from '../lib/systemd/index.ts'
 
 export const DEFAULT_CONFIG = '/etc/naiad/snapshotter.toml'
@@ -62,7 +63,8 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
       stopOnClose: f.stop_on_exit
     })
     : undefined
-  const snapshotter = new LocalSnapshotter({ log, ...(remote !== undefined ? { remote } : {}) }, { root: cfg.root.dir })
+  const materializer = cfg.fallback.materialize ? new RegistryMaterializer({ log }, { plainHttp: f.plain_http }) : undefined
+  const snapshotter = new LocalSnapshotter({ log, ...(remote !== undefined ? { remote } : {}), ...(materializer !== undefined ? { materializer } : {}) }, { root: cfg.root.dir })
   const server = new SnapshotsServer({ snapshotter, log }, { socket: cfg.socket.path, mode: cfg.socket.mode })
   let stopping: Promise<void> | undefined
   const stop = async (reason: string): Promise<void> => {

@@ -193,6 +193,9 @@ export class LocalSnapshotter implements Snapshotter {
     }
     const dest = join(this.#dir(id), 'rootfs')
     const tmp = join(this.#dir(id), `rootfs.tmp-${process.pid}-${Date.now()}`)
+    for (const n of await readdir(this.#dir(id))) {
+      if (n.startsWith('rootfs.tmp-')) await rm(join(this.#dir(id), n), { recursive: true, force: true }) // a crash's leftovers
+    }
     try {
       const t0 = Date.now()
       await this.#materializer.materialize(tmp, image, { ...(signal !== undefined ? { signal } : {}) })

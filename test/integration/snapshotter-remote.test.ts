@@ -21,6 +21,7 @@ import { createLogger } from '../../lib/log/index.ts'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
 import { LocalSnapshotter } from '../../snapshotter/local/overlay.ts'
 import { FsdRemoteFilesystem, type FsdRemoteOptions } from '../../snapshotter/remote/fsd.ts'
+import { RegistryMaterializer } from '../../snapshotter/remote/materialize.ts'
 import { SnapshotsClient } from '../../snapshotter/grpc/client.ts'
 import { buildImage, patternBytes, pushImage } from '../helpers/images.ts'
 import { startCountingProxy, startRegistry, type CountingProxy, type RunningRegistry } from '../helpers/registry.ts'
@@ -248,5 +249,52 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     d = await start('--stop-fsdaemon')
     await d.stop()
     expect(pidAlive(pid2)).toBe(false)
+  }, 120_000)
+
+  it('fallback: the fsdaemon cannot be started → the container prepare downloads the image in full and the overlay is still correct; with the registry unreachable too, a clear error', async () => {
+    const base = join(work, 'fallback')
+    const remote = new FsdRemoteFilesystem({ log }, fsdOptions('fallback', { binary: join(base, 'no-such-naiad.js') }))
+    const materializer = new RegistryMaterializer({ log }, { plainHttp: false })
+    const sn = new LocalSnapshotter({ log, remote, materializer }, { root: join(base, 'root') })
+    try {
+      const top = await unpackLikeContainerd(sn, image, imageRef, join(base, 'apply'))
+      expect(top.skipped).toBe(3)
+      proxy.reset()
+      const mounts = await sn.prepare('c1', top.chainId)
+      // the whole image came from the registry: every data blob
+      const blobBytes = image.layers.slice(0, 3).reduce((n, l) => n + l.size, 0)
+      expect(proxy.bytesServed()).toBeGreaterThanOrEqual(blobBytes)
+      const lower = mounts[0]!.options.find((o) => o.startsWith('lowerdir='))!
+      expect(lower).toMatch(/\/rootfs$/)
+      const mnt = join(base, 'c1')
+      const umount = await mountAll(mounts, mnt)
+      try {
+        expect(await listTreeAsync(mnt, '--skip-root-attrs')).toBe(listTree(rootfs, '--skip-root-attrs'))
+      } finally {
+        await umount()
+      }
+      // the next container reuses the written-out image: nothing fetched
+      proxy.reset()
+      const m2 = await sn.prepare('c2', top.chainId)
+      expect(m2[0]!.options).toContain(lower)
+      expect(proxy.bytesServed()).toBe(0)
+      await sn.remove('c1')
+      await sn.remove('c2')
+
+    } finally {
+      await sn.close()
+    }
+    // registry unreachable as well: the prepare fails with both causes, and leaves nothing behind
+    const sn2 = new LocalSnapshotter({ log, remote: new FsdRemoteFilesystem({ log }, fsdOptions('fallback2', { binary: join(base, 'no-such-naiad.js') })), materializer: new RegistryMaterializer({ log }, { plainHttp: false }) }, { root: join(base, 'root2') })
+    try {
+      const top = await unpackLikeContainerd(sn2, image, '127.0.0.1:9/app/remote:nydus', join(base, 'apply2'))
+      const err = await sn2.prepare('c1', top.chainId).then(() => undefined, (e: unknown) => e)
+      expect(err).toMatchObject({ code: 'NAIAD_SNAP_REMOTE' })
+      expect(String((err as Error).message)).toMatch(/lazy mount failed .*NAIAD_SNAP_FSD_START|lazy mount failed .*no-such-naiad/)
+      expect(String((err as Error).message)).toMatch(/full download failed/)
+      await expect(sn2.stat('c1')).rejects.toMatchObject({ code: 'NAIAD_SNAP_NOT_FOUND' })
+    } finally {
+      await sn2.close()
+    }
   }, 120_000)
 })
