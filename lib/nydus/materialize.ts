@@ -105,19 +105,23 @@ export async function materializeImage (dir: string, bootstrap: Bootstrap, store
         await lutimes(path, Number(inode.mtime), Number(inode.mtime))
         return
       }
-      const spec = `@${inode.mtime.toString()}.${String(inode.mtimeNsec).padStart(9, '0')}`
+      // touch reads "@-S.N" as -(S.N): a negative second count with a positive nanosecond part is written as one negative number
+      const spec = inode.mtime >= 0n
+        ? `@${inode.mtime.toString()}.${String(inode.mtimeNsec).padStart(9, '0')}`
+        : `@-${(-inode.mtime - 1n).toString()}.${String(1_000_000_000 - inode.mtimeNsec).padStart(9, '0')}`
       const list = nsTimes.get(spec) ?? []
       list.push(path)
       nsTimes.set(spec, list)
     }
+    // chown clears setuid/setgid bits and security.capability: owner first, then mode, then xattrs
     const attrs = async (path: string, inode: Inode): Promise<void> => {
+      await lchown(path, inode.uid, inode.gid)
+      if (inode.type !== 'symlink') await chmod(path, inode.perm)
       for (const x of inode.xattrs) {
         const name = utf8Safe(x.name)
         if (name === undefined) throw new NaiadError('NAIAD_FMT_UNSUPPORTED', `xattr name ${x.name.toString('hex')} is not UTF-8`)
         await run('setfattr', ['-h', '-n', name, '-v', `0x${x.value.toString('hex')}`, path], signal)
       }
-      await lchown(path, inode.uid, inode.gid)
-      if (inode.type !== 'symlink') await chmod(path, inode.perm)
     }
     const writeFile = async (path: string, inode: Inode): Promise<void> => {
       const fh = await open(path, 'wx', 0o600)
@@ -205,7 +209,7 @@ export async function materializeImage (dir: string, bootstrap: Bootstrap, store
       } else {
         const s = utf8Safe(d.real)
         if (s !== undefined) await setTime(s, d.inode)
-        else await lutimes(d.real, Number(d.inode.mtime) + d.inode.mtimeNsec / 1e9, Number(d.inode.mtime) + d.inode.mtimeNsec / 1e9)
+        else await lutimes(d.real, Number(d.inode.mtime) + d.inode.mtimeNsec / 1e9, Number(d.inode.mtime) + d.inode.mtimeNsec / 1e9) // µs precision: a non-UTF-8 directory path with a sub-second mtime
       }
     }
     await touch()
