@@ -1,25 +1,36 @@
 /**
  * `npm run demo`: the main job end to end on an embedded local stack, all on loopback in a temp
- * dir: a registry (Debian's docker-registry), a sample multi-layer image built with umoci and
- * busybox-static and pushed with skopeo, then `naiad convert` into Nydus RAFS v6, `naiad check`,
- * `naiad inspect`, and a summary table. Everything is torn down at the end.
+ * dir, torn down at the end:
  *
- * `npm run demo -- --image REF` converts a user's image instead (from any registry naiad can
- * reach; use --plain-http for HTTP registries).
+ *   registry (Debian's docker-registry, behind a proxy that counts the bytes it serves)
+ *   scheduler ── peer A ── peer B                                (naiad p2p)
+ *   node A: containerd ─ snapshotter (nydus) ─ fsdaemon → mirror = peer A
+ *   node B: containerd ─ snapshotter (nydus) ─ fsdaemon → mirror = peer B
+ *
+ * It builds a sample image (busybox plus a large file the entrypoint never reads) with umoci,
+ * pushes it, runs `naiad convert` into Nydus RAFS v6 and `naiad check`, then:
+ *   1. node A, the normal way: `ctr images pull` + `ctr run` on containerd's overlayfs;
+ *   2. node A, lazily: `naiad pull` + `ctr run --snapshotter nydus` (blobs via peer A, which
+ *      fetches the pieces from the registry);
+ *   3. node B, lazily: the same (peer B gets the pieces from peer A, not from the registry);
+ * and prints time to first output and the bytes the registry and the peers served.
+ *
+ * `npm run demo -- --image REF [--plain-http]` does the same for a user's image (converted into
+ * the local registry; the normal pull reads REF itself; the container runs the image's own
+ * command). `--keep` leaves the work dir (logs) in place.
  */
-import { mkdtempSync, rmSync, writeFileSync } from 'node:fs'
+import { spawn } from 'node:child_process'
+import { randomBytes } from 'node:crypto'
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { run } from '../bin/program.ts'
-import { execFile } from 'node:child_process'
-import { promisify } from 'node:util'
-import { startCountingProxy, startRegistry } from '../test/helpers/registry.ts'
-import { buildImage, fidelityLayers, pushImage } from '../test/helpers/images.ts'
-import { startNaiad } from '../test/helpers/daemon.ts'
 import { FsdClient } from '../lib/fsdapi/index.ts'
-
-const exec = promisify(execFile)
+import { startContainerd, type RunningContainerd } from '../test/helpers/containerd.ts'
+import { startNaiad, type Daemon } from '../test/helpers/daemon.ts'
+import { buildImage, pushImage } from '../test/helpers/images.ts'
+import { freePort, startCountingProxy, startRegistry } from '../test/helpers/registry.ts'
 
 interface Captured { code: number, out: string, err: string }
 
@@ -31,75 +42,205 @@ async function naiad (...argv: string[]): Promise<Captured> {
 }
 
 function say (s: string): void { process.stdout.write(s + '\n') }
+const mib = (n: number): string => `${(n / 1048576).toFixed(1)} MiB`
+const secs = (ms: number): string => `${(ms / 1000).toFixed(2)} s`
+
+async function waitHttp (url: string, timeoutMs = 30_000): Promise<void> {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    try { if ((await fetch(url)).ok) return } catch {}
+    if (Date.now() > deadline) throw new Error(`${url} did not answer in ${timeoutMs} ms`)
+    await new Promise((resolve) => setTimeout(resolve, 100))
+  }
+}
+
+/** `ctr run`: resolves with the time of the container's first output and all of its output. */
+async function ctrRun (c: RunningContainerd, args: string[], t0: number): Promise<{ firstMs: number, output: string }> {
+  return await new Promise((resolve, reject) => {
+    const child = spawn('/usr/bin/ctr', ['-a', c.address, '-n', 'demo', 'run', '--rm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    let firstMs = -1
+    let out = ''
+    let err = ''
+    const t = setTimeout(() => { child.kill('SIGKILL') }, 120_000)
+    child.stdout.on('data', (d: Buffer) => { if (firstMs < 0) firstMs = Date.now() - t0; out += d.toString() })
+    child.stderr.on('data', (d: Buffer) => { err += d.toString() })
+    child.on('error', reject)
+    child.on('exit', (code) => {
+      clearTimeout(t)
+      if (code !== 0) { reject(new Error(`ctr run ${args.join(' ')} exited ${String(code)}: ${err}\ncontainerd log:\n${c.log().slice(-3000)}`)); return }
+      resolve({ firstMs, output: out })
+    })
+  })
+}
+
+async function peerBytes (mirrorPort: number): Promise<{ origin: number, peer: number }> {
+  const text = await (await fetch(`http://127.0.0.1:${mirrorPort}/metrics`)).text()
+  const get = (source: string): number => Number(new RegExp(`naiad_p2p_peer_piece_bytes_total\\{source="${source}"\\} (\\S+)`).exec(text)?.[1] ?? 0)
+  return { origin: get('origin'), peer: get('peer') }
+}
+
+function sampleLayers (): Array<(root: string) => void> {
+  return [
+    (root) => {
+      mkdirSync(join(root, 'bin'))
+      copyFileSync('/bin/busybox', join(root, 'bin', 'busybox'))
+      chmodSync(join(root, 'bin', 'busybox'), 0o755)
+      for (const l of ['sh', 'cat', 'ls', 'wc', 'echo', 'uname']) symlinkSync('busybox', join(root, 'bin', l))
+    },
+    (root) => {
+      // a large file the entrypoint never reads: what lazy loading does not download
+      mkdirSync(join(root, 'data'))
+      writeFileSync(join(root, 'data', 'model.bin'), randomBytes(48 << 20))
+      for (let i = 0; i < 200; i++) writeFileSync(join(root, 'data', `part-${i}.txt`), `part ${i}\n`.repeat(50))
+    },
+    (root) => {
+      mkdirSync(join(root, 'app'))
+      writeFileSync(join(root, 'app', 'greeting'), 'hello from a lazy image\n')
+    }
+  ]
+}
+
+interface Node {
+  name: string
+  peer: Daemon
+  mirrorPort: number
+  snapshotter: Daemon
+  fsdSocket: string
+  containerd: RunningContainerd
+}
 
 async function main (): Promise<number> {
   const args = process.argv.slice(2)
   const userImage = args.includes('--image') ? args[args.indexOf('--image') + 1] : undefined
   const plain = args.includes('--plain-http') ? ['--plain-http'] : []
+  const keep = args.includes('--keep')
   const work = mkdtempSync(join(tmpdir(), 'naiad-demo-'))
+  const teardown: Array<() => Promise<unknown>> = []
   say(`naiad demo — work dir ${work}`)
-  const reg = await startRegistry()
-  say(`registry:   docker-registry on ${reg.host} (pid ${reg.pid})`)
   try {
+    const reg = await startRegistry()
+    teardown.push(async () => { await reg.stop() })
+    const proxy = await startCountingProxy(reg.host)
+    teardown.push(async () => { await proxy.stop() })
+    say(`registry:   docker-registry on ${reg.host} (pid ${reg.pid}); counted through ${proxy.host}`)
+
     let source: string
+    let cmd: string[] = []
     if (userImage === undefined) {
-      say('image:      building a 3-layer sample image with umoci + busybox-static (devices, hard links, xattrs, whiteouts…)')
-      const img = buildImage({ workDir: join(work, 'img'), layers: fidelityLayers(), cmd: ['/bin/busybox', 'echo', 'hello from a lazy image'] })
-      source = pushImage(img, reg.host, 'demo/sample:latest')
+      say('image:      building a 3-layer sample image with umoci + busybox-static (48 MiB the entrypoint never reads)')
+      const img = buildImage({ workDir: join(work, 'img'), layers: sampleLayers(), cmd: ['/bin/sh', '-c', 'cat /app/greeting; echo "$(ls /data | wc -l) files in /data"'] })
+      pushImage(img, reg.host, 'demo/sample:latest')
+      source = `${proxy.host}/demo/sample:latest`
+      cmd = []
     } else {
       source = userImage
     }
-    const target = `${reg.host}/demo/converted:nydus`
+    const target = `${proxy.host}/demo/sample:nydus`
     say(`convert:    ${source} -> ${target}`)
     const c = await naiad('convert', '--source', source, '--target', target, '--output', 'json', ...plain)
     if (c.code !== 0) { process.stderr.write(c.err); return c.code }
-    const r = JSON.parse(c.out) as { digest: string, durationMs: number, platforms: Array<{ platform: string, files: number, sourceBytes: number, chunkRefs: number, uniqueChunks: number, blobBytes: number, blobs: unknown[] }> }
+    const r = JSON.parse(c.out) as { durationMs: number, platforms: Array<{ platform: string, files: number, sourceBytes: number, chunkRefs: number, uniqueChunks: number, blobBytes: number, blobs: unknown[] }> }
     say('check:      rebuilding the source filesystem and reading every file back through lib/format …')
     const k = await naiad('check', '--source', source, '--target', target, ...plain)
     process.stdout.write(k.out.split('\n').map(l => l === '' ? l : '            ' + l).join('\n'))
-    const i = await naiad('inspect', target)
-    writeFileSync(join(work, 'inspect.txt'), i.out)
-    say(i.out.split('\n').slice(0, 8).map(l => '            ' + l).join('\n'))
-    let lazy: { ms: number, fetched: number, output: string } | undefined
-    if (userImage === undefined) {
-      // run the image lazily: mount it with the fsdaemon (through a proxy that counts what the
-      // registry serves) and run busybox from it
-      const proxy = await startCountingProxy(reg.host)
-      const sock = join(work, 'fsd.sock')
-      const mnt = join(work, 'rootfs')
-      const t0 = Date.now()
-      const fsd = startNaiad(['fsd', '--socket', sock, '--cache-dir', join(work, 'cache'), '--state-dir', join(work, 'state'), '--log-level', 'info'])
-      try {
-        await fsd.waitFor('ready')
-        await new FsdClient({ socketPath: sock }).mount({ mountpoint: mnt, image: `${proxy.host}/demo/converted:nydus`, prefetch: false })
-        const { stdout } = await exec('chroot', [mnt, '/bin/busybox', 'sh', '-c', 'echo "hello from a lazy image: $(busybox uname -s), $(busybox ls /data | busybox wc -l) entries in /data"'])
-        lazy = { ms: Date.now() - t0, fetched: proxy.bytesServed(), output: stdout.trim() }
-        say(`run:        chroot into the lazily mounted image: ${lazy.output}`)
-        await new FsdClient({ socketPath: sock }).unmount(mnt)
-      } finally {
-        await fsd.stop()
-        await proxy.stop()
-      }
+    if (k.code !== 0) { process.stderr.write(k.err); say('demo FAILED: check found differences'); return k.code }
+
+    // the p2p network: a scheduler and two peers
+    const schedPort = await freePort()
+    const schedMetrics = await freePort()
+    writeFileSync(join(work, 'scheduler.toml'), `[server]\nlisten = "127.0.0.1:${schedPort}"\n[metrics]\nlisten = "127.0.0.1:${schedMetrics}"\n[shutdown]\ngrace = "1s"\n`)
+    const scheduler = startNaiad(['scheduler', '--config', join(work, 'scheduler.toml')])
+    teardown.push(async () => await scheduler.stop())
+    await waitHttp(`http://127.0.0.1:${schedMetrics}/healthz`)
+    say(`scheduler:  127.0.0.1:${schedPort} (pid ${scheduler.pid})`)
+
+    const nodes: Node[] = []
+    for (const name of ['a', 'b']) {
+      const dir = join(work, `node-${name}`)
+      mkdirSync(dir)
+      const mirrorPort = await freePort()
+      const uploadPort = await freePort()
+      writeFileSync(join(dir, 'peer.toml'), [
+        '[host]', `id = "node-${name}"`, 'ip = "127.0.0.1"',
+        '[mirror]', `listen = "127.0.0.1:${mirrorPort}"`,
+        '[upload]', `listen = "127.0.0.1:${uploadPort}"`,
+        '[scheduler]', `address = "127.0.0.1:${schedPort}"`, 'heartbeat_interval = "500ms"',
+        '[storage]', `dir = "${join(dir, 'p2p')}"`,
+        '[shutdown]', 'grace = "1s"'
+      ].join('\n') + '\n')
+      const peer = startNaiad(['peer', '--config', join(dir, 'peer.toml')])
+      teardown.push(async () => await peer.stop())
+      await waitHttp(`http://127.0.0.1:${mirrorPort}/healthz`)
+      const fsdSocket = join(dir, 'fsd.sock')
+      writeFileSync(join(dir, 'fsd.toml'), [
+        '[socket]', `path = "${fsdSocket}"`,
+        '[state]', `dir = "${join(dir, 'fsd-state')}"`,
+        '[cache]', `dir = "${join(dir, 'cache')}"`,
+        '[prefetch]', 'enable = false',
+        '[[mirrors]]', `url = "http://127.0.0.1:${mirrorPort}"`, 'health_check_interval = "1s"'
+      ].join('\n') + '\n')
+      const snapSocket = join(dir, 'snapshotter.sock')
+      writeFileSync(join(dir, 'snapshotter.toml'), [
+        '[root]', `dir = "${join(dir, 'snapshots')}"`,
+        '[socket]', `path = "${snapSocket}"`,
+        '[fsdaemon]', `socket = "${fsdSocket}"`, `config = "${join(dir, 'fsd.toml')}"`, 'stop_on_exit = true', 'plain_http = true'
+      ].join('\n') + '\n')
+      const snapshotter = startNaiad(['snapshotter', '--config', join(dir, 'snapshotter.toml')])
+      teardown.push(async () => await snapshotter.stop(20_000))
+      await snapshotter.waitFor('ready', 30_000)
+      const containerd = await startContainerd({ dir: join(dir, 'containerd'), snapshotterSocket: snapSocket })
+      teardown.push(async () => { await containerd.stop() })
+      say(`node ${name}:     containerd (pid ${containerd.pid}) + naiad snapshotter (pid ${snapshotter.pid}) + peer on 127.0.0.1:${mirrorPort} (pid ${peer.pid})`)
+      nodes.push({ name, peer, mirrorPort, snapshotter, fsdSocket, containerd })
     }
+    const [a, b] = nodes as [Node, Node]
+
+    // 1. the normal way, on node A
+    const normalRef = userImage ?? source
+    let bytes0 = proxy.bytesServed()
+    let t0 = Date.now()
+    say(`\nnormal:     ctr images pull + ctr run on overlayfs (node a) …`)
+    await a.containerd.ctr('demo', ['images', 'pull', ...(userImage === undefined || plain.length > 0 ? ['--plain-http'] : []), normalRef], 300_000)
+    const normal = await ctrRun(a.containerd, [normalRef, 'demo-normal', ...cmd], t0)
+    const normalBytes = proxy.bytesServed() - bytes0
+    process.stdout.write(normal.output.split('\n').map(l => l === '' ? l : '            | ' + l).join('\n'))
+
+    // 2. and 3. lazily, on node A then node B
+    const lazy: Array<{ node: string, ms: number, pullMs: number, registry: number, peers: number, output: string }> = []
+    for (const n of [a, b]) {
+      say(`lazy:       naiad pull + ctr run --snapshotter nydus (node ${n.name}) …`)
+      bytes0 = proxy.bytesServed()
+      t0 = Date.now()
+      const p = await naiad('pull', '--address', n.containerd.address, '--namespace', 'demo', '--plain-http', target)
+      if (p.code !== 0) { process.stderr.write(p.err); return p.code }
+      const pullMs = Date.now() - t0
+      const out = await ctrRun(n.containerd, ['--snapshotter', 'nydus', target, `demo-lazy-${n.name}`, ...cmd], t0)
+      process.stdout.write(out.output.split('\n').map(l => l === '' ? l : '            | ' + l).join('\n'))
+      const registry = proxy.bytesServed() - bytes0
+      const mounts = await new FsdClient({ socketPath: n.fsdSocket }).list()
+      const peers = (await peerBytes(n.mirrorPort)).peer
+      lazy.push({ node: n.name, ms: out.firstMs, pullMs, registry, peers, output: out.output })
+      if (mounts.length === 0) throw new Error(`node ${n.name}: the fsdaemon serves no mount: the container did not run lazily`)
+    }
+
     say('')
     say('| platform | files | file bytes | chunks referenced | chunks stored | data blobs | blob bytes | convert time |')
     say('|---|---|---|---|---|---|---|---|')
     for (const p of r.platforms) {
-      say(`| ${p.platform} | ${p.files} | ${p.sourceBytes} | ${p.chunkRefs} | ${p.uniqueChunks} | ${p.blobs.length} | ${p.blobBytes} | ${(r.durationMs / 1000).toFixed(2)} s |`)
-    }
-    if (lazy !== undefined) {
-      const total = r.platforms.reduce((n, p) => n + p.blobBytes, 0)
-      say('')
-      say('| lazy run | time to first output | bytes from the registry | image data blobs | fetched |')
-      say('|---|---|---|---|---|')
-      say(`| naiad fsd + busybox sh | ${lazy.ms} ms (incl. daemon start and mount) | ${lazy.fetched} | ${total} | ${(100 * lazy.fetched / total).toFixed(1)}% |`)
+      say(`| ${p.platform} | ${p.files} | ${mib(p.sourceBytes)} | ${p.chunkRefs} | ${p.uniqueChunks} | ${p.blobs.length} | ${mib(p.blobBytes)} | ${secs(r.durationMs)} |`)
     }
     say('')
-    say(k.code === 0 ? 'demo OK: the converted image holds exactly the source filesystem' : 'demo FAILED: check found differences')
-    return k.code
+    say('| run | pull | time to first output | bytes from the registry | bytes from other peers |')
+    say('|---|---|---|---|---|')
+    say(`| node a, ctr images pull + run (overlayfs) | full download | ${secs(normal.firstMs)} | ${mib(normalBytes)} | – |`)
+    for (const l of lazy) say(`| node ${l.node}, naiad pull + run (nydus) | ${secs(l.pullMs)} | ${secs(l.ms)} | ${mib(l.registry)} | ${mib(l.peers)} |`)
+    say('')
+    const ok = lazy.every(l => l.output === normal.output)
+    say(ok ? `demo OK: the lazy containers printed what the normal one printed; node b took ${mib(lazy[1]!.registry)} from the registry and ${mib(lazy[1]!.peers)} from peer a` : 'demo FAILED: the lazy containers printed something else')
+    return ok ? 0 : 1
   } finally {
-    await reg.stop()
-    rmSync(work, { recursive: true, force: true })
+    for (const t of teardown.reverse()) await t().catch((err: unknown) => { process.stderr.write(`teardown: ${String(err)}\n`) })
+    if (!keep) rmSync(work, { recursive: true, force: true })
   }
 }
 

@@ -1,6 +1,8 @@
 /**
  * The README's main job as a smoke test: `node dist/scripts/demo.js` (what `npm run demo` runs
- * after setup and build) finishes, reports success, and leaves no mount or process behind.
+ * after setup and build) brings up the full stack (registry, scheduler, two peers, two private
+ * containerds with naiad's snapshotter and fsdaemon), runs the sample image normally and lazily
+ * on both nodes, reports success, and leaves no mount or process behind.
  */
 import { execFile } from 'node:child_process'
 import { readFileSync } from 'node:fs'
@@ -15,13 +17,16 @@ function naiadMounts (): string[] {
 }
 
 describe('npm run demo', () => {
-  it('runs the main job end to end and cleans up', async () => {
-    const { stdout } = await exec(process.execPath, [DEMO], { timeout: 300_000, maxBuffer: 64 << 20 })
+  it('runs the main job end to end and cleans up', { timeout: 600_000 }, async () => {
+    const { stdout } = await exec(process.execPath, [DEMO], { timeout: 600_000, maxBuffer: 64 << 20 })
     expect(stdout).toContain('check passed')
     expect(stdout).toContain('hello from a lazy image')
     expect(stdout).toContain('demo OK')
+    // node b got its bytes from peer a, not from the registry
+    expect(stdout).toMatch(/\| node b, naiad pull \+ run \(nydus\) \| [^|]+\| [^|]+\| 0\.\d MiB \|/)
+    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain('naiad-demo-')
     expect(naiadMounts()).toEqual([])
     const ps = (await exec('ps', ['-eo', 'args'])).stdout
-    expect(ps).not.toMatch(/naiad-demo-|naiad\.js fsd --socket .*naiad-demo/)
+    expect(ps).not.toMatch(/naiad-demo-/)
   })
 })
