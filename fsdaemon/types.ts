@@ -21,6 +21,11 @@ export type FetchPriority = 'ondemand' | 'prefetch'
 export interface FetchOptions {
   signal?: AbortSignal
   priority?: FetchPriority
+  /**
+   * Where a source that reads a response body should put the bytes (a buffer of exactly `size`
+   * bytes, e.g. from the cache's pool of reusable buffers); default: a new buffer.
+   */
+  alloc?: (size: number) => Buffer
 }
 
 export interface RangeSource {

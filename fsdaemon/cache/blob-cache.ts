@@ -31,6 +31,7 @@ import { mkdir, open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NaiadError, ioError, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
 import { ChunkDecodePool, Unwritten, WRITTEN } from '../../lib/format/decode-pool.ts'
+import { RangeBufferPool, sharedRangeBufferPool } from './buffer-pool.ts'
 import type { BlobInfo, ChunkRef } from '../../lib/format/types.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import type { BlobCacheStats, ChunkFetcher, ChunkReader, FetchOptions, FetchPriority, FetchResult } from '../types.ts'
@@ -45,6 +46,8 @@ export interface BlobCacheDeps {
   logger?: Logger
   /** Decompresses and verifies fetched chunks (default: one worker pool shared by the process). */
   decoder?: ChunkDecodePool
+  /** Reusable buffers for fetched ranges (default: one pool shared by the process). */
+  buffers?: RangeBufferPool
 }
 
 let sharedDecoder: ChunkDecodePool | undefined
@@ -110,6 +113,8 @@ export class BlobCache implements ChunkReader {
   private readonly dir: string
   private readonly log: Logger
   private readonly decoder: ChunkDecodePool
+  private readonly alloc: (size: number) => Buffer
+  private readonly recycle: (ab: ArrayBuffer) => void
   private readonly maxRequestBytes: number
   private readonly maxGapBytes: number
   private readonly flushIntervalMs: number
@@ -143,6 +148,10 @@ export class BlobCache implements ChunkReader {
     this.mapPath = join(options.dir, `${blob.blobId}.chunk_map`)
     this.log = (deps.logger ?? nullLogger()).child({ component: 'fsdaemon.cache', blobId: blob.blobId })
     this.decoder = deps.decoder ?? sharedChunkDecoder()
+    const buffers = deps.buffers ?? sharedRangeBufferPool()
+    // merged requests are at most maxRequestBytes: all share that capacity
+    this.alloc = (size) => buffers.take(size, Math.max(size, this.maxRequestBytes))
+    this.recycle = (ab) => { buffers.give(ab) }
     this.maxRequestBytes = options.maxRequestBytes ?? DEFAULT_MAX_REQUEST_BYTES
     this.maxGapBytes = options.maxGapBytes ?? Math.floor(this.maxRequestBytes / 128)
     this.flushIntervalMs = options.flushIntervalMs ?? 1000
@@ -430,7 +439,7 @@ export class BlobCache implements ChunkReader {
       for (const r of pending) {
         let res: FetchResult
         try {
-          res = await fetcher.fetchRange(blobId, r.start, r.end, { signal: this.ctl.signal, priority, exclude: new Set(exclude) })
+          res = await fetcher.fetchRange(blobId, r.start, r.end, { signal: this.ctl.signal, priority, exclude: new Set(exclude), alloc: this.alloc })
         } catch (err) {
           const closed = this.ctl.signal.aborted
           if (!closed) this.log.warn({ start: r.start, end: r.end, chunks: r.chunks.length, firstChunk: r.chunks[0]?.index, err }, 'fetching chunks failed')
@@ -447,7 +456,7 @@ export class BlobCache implements ChunkReader {
         // decompress + verify in the decoder's worker threads (the fetched bytes are handed
         // over), which also write verified chunks to the cache file: their bytes never come back
         const fd = (this.dataFh as FileHandle).fd
-        const decoded = await this.decoder.decodeInto(fd, r.chunks, res.data, r.start, isOwnedBuffer(res.data))
+        const decoded = await this.decoder.decodeInto(fd, r.chunks, res.data, r.start, isOwnedBuffer(res.data), this.recycle)
         const good: Array<{ c: ChunkRef, data: Buffer }> = []
         let verified = 0
         r.chunks.forEach((c, i) => {

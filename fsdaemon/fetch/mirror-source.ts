@@ -265,7 +265,7 @@ export class MirrorRangeSource implements RangeSource {
       }
       let data: Buffer
       try {
-        data = await readExact(res.body, end - start + 1, what)
+        data = await readExact(res.body, end - start + 1, what, opts.alloc)
       } catch (err) {
         throw networkError(err, what, url, 1)
       }

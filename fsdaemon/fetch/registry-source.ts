@@ -89,7 +89,7 @@ export class RegistryRangeSource implements RangeSource {
       try {
         const stream = await this.store.getBlob(digest, { range: [start, end], signal: deadline.signal })
         stage = 'body'
-        return await readExact(stream, end - start + 1, what)
+        return await readExact(stream, end - start + 1, what, opts.alloc)
       } catch (err) {
         if (isCallerAbort(opts.signal)) throw abortReason(opts.signal as AbortSignal)
         if (this.closing.signal.aborted) throw new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`)

@@ -84,8 +84,9 @@ export async function sleep (ms: number, signal?: AbortSignal): Promise<void> {
  * Reads a stream to its end into exactly `length` bytes. More bytes → NAIAD_REG_PROTOCOL; fewer →
  * NAIAD_REG_UNAVAILABLE (a body cut short). Stream errors propagate unchanged.
  */
-export async function readExact (stream: Readable, length: number, what: string): Promise<Buffer> {
-  const out = Buffer.allocUnsafeSlow(length)
+export async function readExact (stream: Readable, length: number, what: string, alloc?: (size: number) => Buffer): Promise<Buffer> {
+  const out = alloc !== undefined ? alloc(length) : Buffer.allocUnsafeSlow(length)
+  if (out.length !== length) throw new NaiadError('NAIAD_INTERNAL', `${what}: a buffer of ${out.length} bytes for ${length}`)
   owned.add(out)
   let n = 0
   try {

@@ -68,6 +68,9 @@ parentPort.on('message', (m) => {
     parentPort.postMessage({ id: m.id, out: out.buffer, results }, [out.buffer])
     return
   }
+  // the fetched bytes go back too, for the caller to reuse
+  const input = m.back ? { input: m.buf } : {}
+  const inputT = m.back ? [m.buf] : []
   // write the good chunks (runs adjacent in the file with one pwrite each); chunks that cannot be
   // written are sent back, to be served from memory
   const written = m.chunks.map(() => false)
@@ -91,23 +94,24 @@ parentPort.on('message', (m) => {
     i = j
   }
   if (written.every((w, k) => w || results[k].code !== undefined)) {
-    parentPort.postMessage({ id: m.id, results: results.map((r, k) => written[k] ? { written: true } : r) })
+    parentPort.postMessage({ id: m.id, results: results.map((r, k) => written[k] ? { written: true } : r), ...input }, inputT)
     return
   }
   const back = Buffer.from(out.subarray(0, pos))
-  parentPort.postMessage({ id: m.id, out: back.buffer, outOff: back.byteOffset, results: results.map((r, k) => written[k] ? { written: true } : r) }, back.byteOffset === 0 && back.buffer.byteLength === back.length ? [back.buffer] : [])
+  parentPort.postMessage({ id: m.id, out: back.buffer, outOff: back.byteOffset, results: results.map((r, k) => written[k] ? { written: true } : r), ...input }, back.byteOffset === 0 && back.buffer.byteLength === back.length ? [back.buffer, ...inputT] : inputT)
 })
 `
 
 interface WireChunk { o: number, c: number, u: number, f: number, z: boolean, h: string, d: Uint8Array }
 interface WireResult { code?: string, message?: string, written?: true, unwritten?: string }
-interface Reply { id: number, out?: ArrayBuffer, outOff?: number, results: Array<WireResult | null> }
+interface Reply { id: number, out?: ArrayBuffer, outOff?: number, input?: ArrayBuffer, results: Array<WireResult | null> }
 interface Job {
   id: number
   refs: readonly ChunkRef[]
   data: Buffer
   dataStart: number
   owned: boolean
+  onInput: ((input: ArrayBuffer) => void) | undefined
   resolve: (r: DecodeResult[]) => void
 }
 
@@ -159,13 +163,15 @@ export class ChunkDecodePool {
    * uncompressedOffset) by the worker and come back as WRITTEN, so their bytes never cross to
    * the calling thread; bytes that could not be written come back as Unwritten. The caller must
    * keep `fd` open until this settles. Without workers (or for lz4 chunks) nothing is written:
-   * the results are bytes, as from decode().
+   * the results are bytes, as from decode(). With `owned` and `onInput`, the ArrayBuffer that
+   * held `data` is handed back to `onInput` once the worker is done with it (for reuse; never
+   * when the chunks were decoded on this thread, whose results may be views of it).
    */
-  async decodeInto (fd: number, refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<DecodeResult[]> {
-    return await this.run(refs, data, dataStart, owned, fd)
+  async decodeInto (fd: number, refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false, onInput?: (input: ArrayBuffer) => void): Promise<DecodeResult[]> {
+    return await this.run(refs, data, dataStart, owned, fd, onInput)
   }
 
-  private async run (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned: boolean, fd: number | undefined): Promise<DecodeResult[]> {
+  private async run (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned: boolean, fd: number | undefined, onInput?: (input: ArrayBuffer) => void): Promise<DecodeResult[]> {
     for (const r of refs) {
       if (r.compressedOffset < dataStart || r.compressedOffset + r.compressedSize > dataStart + data.length) {
         throw new NaiadError('NAIAD_INTERNAL', `chunk ${r.index} (${r.compressedOffset}+${r.compressedSize}) is outside the ${data.length} bytes at ${dataStart}`)
@@ -174,7 +180,7 @@ export class ChunkDecodePool {
     const w = refs.length > 0 && refs.every(r => !r.compressed || r.blob.compressor === 'zstd' || r.blob.compressor === 'none') ? this.pick() : undefined
     if (w === undefined) return decodeHere(refs, data, dataStart)
     return await new Promise((resolve) => {
-      const job: Job = { id: this.nextId++, refs, data, dataStart, owned, resolve }
+      const job: Job = { id: this.nextId++, refs, data, dataStart, owned, onInput, resolve }
       w.jobs.set(job.id, job)
       if (w.jobs.size === 1) w.worker.ref()
       const chunks: WireChunk[] = refs.map(r => ({
@@ -187,10 +193,12 @@ export class ChunkDecodePool {
         d: new Uint8Array(r.digest) // a copy: the digest is a view into the bootstrap, which postMessage would clone whole
       }))
       const total = refs.reduce((n, r) => n + r.uncompressedSize, 0)
-      // whole, unshared ArrayBuffers are transferred; anything else is copied by postMessage
-      const whole = owned && data.byteOffset === 0 && data.buffer.byteLength === data.length && !(data.buffer instanceof SharedArrayBuffer)
-      const buf = whole ? data.buffer : data.buffer.slice(data.byteOffset, data.byteOffset + data.length)
-      w.worker.postMessage({ id: job.id, buf, off: 0, len: data.length, total, chunks, ...(fd !== undefined ? { fd } : {}) }, [buf as ArrayBuffer])
+      // an owned buffer's ArrayBuffer is transferred; anything else is copied first
+      const give = owned && !(data.buffer instanceof SharedArrayBuffer)
+      const buf = give ? data.buffer as ArrayBuffer : data.buffer.slice(data.byteOffset, data.byteOffset + data.length) as ArrayBuffer
+      const off = give ? data.byteOffset : 0
+      const back = give && onInput !== undefined
+      w.worker.postMessage({ id: job.id, buf, off, len: data.length, total, chunks, back, ...(fd !== undefined ? { fd } : {}) }, [buf])
     })
   }
 
@@ -227,6 +235,7 @@ export class ChunkDecodePool {
       if (job === undefined) return
       w.jobs.delete(m.id)
       if (w.jobs.size === 0) worker.unref()
+      if (m.input !== undefined) job.onInput?.(m.input)
       const out = m.out !== undefined ? Buffer.from(m.out, m.outOff ?? 0) : Buffer.alloc(0)
       const res: DecodeResult[] = []
       let pos = 0
