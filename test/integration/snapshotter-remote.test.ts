@@ -147,6 +147,14 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
       const served = await fsd.list()
       expect(served).toHaveLength(1)
       fsdPids.add((await fsd.daemon()).pid)
+      // the control API's mount request: bootstrap goes with exactly one of image or blobDir
+      await expect(fsd.mount({ mountpoint: join(work, 'inproc', 'x'), bootstrap: 'relative/image.boot', image: imageRef })).rejects.toMatchObject({ code: 'NAIAD_CLI_USAGE' })
+      await expect(fsd.mount({ mountpoint: join(work, 'inproc', 'x'), bootstrap: '/x/image.boot', image: imageRef, blobDir: '/x' })).rejects.toMatchObject({ code: 'NAIAD_CLI_USAGE' })
+      await expect(fsd.mount({ mountpoint: join(work, 'inproc', 'x'), bootstrap: join(work, 'inproc', 'missing.boot'), image: imageRef })).rejects.toMatchObject({ code: 'NAIAD_FS_MOUNT' })
+      // the same request again answers the existing mount (idempotent per mountpoint)
+      const again = await fsd.mount({ mountpoint: served[0]!.mountpoint, bootstrap: served[0]!.bootstrap!, image: imageRef, labels: served[0]!.labels })
+      expect(again.mountpoint).toBe(served[0]!.mountpoint)
+      expect(await fsd.list()).toHaveLength(1)
       expect(mounts[0]!.options).toContain(`lowerdir=${served[0]!.mountpoint}`)
       const umount = await mountAll(mounts, mnt)
       try {
