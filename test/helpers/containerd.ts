@@ -28,6 +28,8 @@ export interface StartContainerdOptions {
   snapshotterSocket?: string
   /** Enable the CRI plugin (snapshotter nydus, snapshot annotations on). */
   cri?: boolean
+  /** Command prefix that execs containerd, e.g. `['nsenter', '--net=/run/netns/x']` (benchmarks). */
+  wrap?: string[]
 }
 
 export interface RunningContainerd {
@@ -99,7 +101,8 @@ export async function startContainerd (opts: StartContainerdOptions): Promise<Ru
   }
   await writeFile(join(dir, 'config.toml'), lines.join('\n') + '\n')
   let log = ''
-  const child: ChildProcess = spawn(CONTAINERD_BIN, ['--config', join(dir, 'config.toml')], { stdio: ['ignore', 'pipe', 'pipe'] })
+  const argv = [...(opts.wrap ?? []), CONTAINERD_BIN, '--config', join(dir, 'config.toml')]
+  const child: ChildProcess = spawn(argv[0]!, argv.slice(1), { stdio: ['ignore', 'pipe', 'pipe'] })
   child.stdout?.on('data', (c: Buffer) => { log += c.toString() })
   child.stderr?.on('data', (c: Buffer) => { log += c.toString() })
   const namespaces = new Set<string>()
