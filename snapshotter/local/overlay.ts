@@ -36,7 +36,7 @@ import { promisify } from 'node:util'
 import { NaiadError, causeChain, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { parseFilters } from '../filters.ts'
-import { LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, imageRefOf, isTrue } from '../labels.ts'
+import { LABEL_CRI_IMAGE_REF, LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, LABEL_STARGZ_REFERENCE, imageRefOf, isTrue } from '../labels.ts'
 import type { RemoteFilesystem, RemoteImage } from '../remote/filesystem.ts'
 import { MetaStore, type SnapshotRecord } from '../storage/metastore.ts'
 import type { CreateOptions, Mount, OpOptions, SnapshotInfo, Snapshotter, Usage, WalkOptions } from '../snapshotter.ts'
@@ -387,7 +387,17 @@ export class LocalSnapshotter implements Snapshotter {
     if (r.kind !== 'active') throw new NaiadError('NAIAD_SNAP_NOT_ACTIVE', `snapshot ${key} is ${r.kind}; only active snapshots can be committed`)
     const usage = await diskUsage(this.#fs(r.id), opts.signal)
     throwIfAborted(opts.signal)
-    s.commit(name, key, opts.labels, usage)
+    // a Nydus bootstrap layer keeps what finds its image even if the committer passes no labels
+    // (containerd's unpacker passes the same labels as to Prepare; other clients may not)
+    let labels = opts.labels
+    if (this.#nydus && isTrue(r.labels, LABEL_NYDUS_BOOTSTRAP)) {
+      labels = { ...labels }
+      for (const k of [LABEL_NYDUS_BOOTSTRAP, LABEL_CRI_IMAGE_REF, LABEL_STARGZ_REFERENCE]) {
+        const v = r.labels[k]
+        if (v !== undefined && labels[k] === undefined) labels = { ...labels, [k]: v }
+      }
+    }
+    s.commit(name, key, labels, usage)
     this.#log.debug({ name, key }, 'snapshot committed')
   }
 

@@ -99,6 +99,14 @@ describe('remote-snapshot protocol', () => {
     return 'sha256:b'
   }
 
+  it('a bootstrap layer committed without labels keeps its Nydus and image labels', async () => {
+    const s = await open()
+    const boot = { [REF]: 'sha256:b', [BOOT]: 'true', [IMAGE]: 'r.example/a:b' }
+    await s.prepare('x sha256:b', '', { labels: boot })
+    await s.commit('sha256:b', 'x sha256:b')
+    expect((await s.stat('sha256:b')).labels).toEqual({ [BOOT]: 'true', [IMAGE]: 'r.example/a:b' })
+  })
+
   it('a container whose image can be neither mounted nor downloaded fails NAIAD_SNAP_REMOTE, and no snapshot is left', async () => {
     const s = await open(true)
     const top = await bootstrapChain(s, '127.0.0.1:9/app:nydus')
