@@ -27,9 +27,10 @@ export function registerInstallCommands (program: Command, io: Io, setExit: (cod
     .option('--dry-run', 'print what would change, change nothing')
     .option('--force', 'replace files at naiad\'s paths that a previous naiad install did not write')
     .option('--configure-containerd', 'also merge the snippet into /etc/containerd/config.toml (backup kept as config.toml.naiad-backup)')
-    .action(async (o: { root: string, prefix: string, dryRun?: boolean, force?: boolean, configureContainerd?: boolean }) => {
+    .option('--node <path>', 'node binary the wrapper runs (default: the one running this command)')
+    .action(async (o: { root: string, prefix: string, dryRun?: boolean, force?: boolean, configureContainerd?: boolean, node?: string }) => {
       try {
-        print(io, await install({ root: o.root, prefix: o.prefix, dryRun: o.dryRun === true, force: o.force === true, configureContainerd: o.configureContainerd === true }))
+        print(io, await install({ root: o.root, prefix: o.prefix, dryRun: o.dryRun === true, force: o.force === true, configureContainerd: o.configureContainerd === true, ...(o.node !== undefined ? { node: o.node } : {}) }))
         setExit(0)
       } catch (err) {
         setExit(fail(io, err))

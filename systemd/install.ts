@@ -39,7 +39,7 @@ import { existsSync, readFileSync } from 'node:fs'
 import { dirname, join, posix, relative } from 'node:path'
 import { fileURLToPath } from 'node:url'
 import { parse as parseToml, stringify as stringifyToml } from 'smol-toml'
-import { NaiadError } from '../lib/errors/index.ts'
+import { isNaiadError, NaiadError } from '../lib/errors/index.ts'
 
 export const UNITS = ['naiad-snapshotter.service', 'naiad-fsd.service', 'naiad-peer.service', 'naiad-scheduler.service'] as const
 export const CONFIGS = ['fsd.toml', 'peer.toml', 'scheduler.toml', 'snapshotter.toml'] as const
@@ -261,13 +261,31 @@ function summarize (changes: Change[], dryRun: boolean, verb: string): { lines: 
   return { lines, noop }
 }
 
+/** Errors of file operations as NAIAD_IO naming the path; ours pass through. */
+function asNaiadError (err: unknown): unknown {
+  if (isNaiadError(err)) return err
+  const e = err as NodeJS.ErrnoException
+  if (typeof e?.code !== 'string' || typeof e.syscall !== 'string') return err
+  const denied = e.code === 'EACCES' || e.code === 'EPERM' || e.code === 'EROFS'
+  return new NaiadError('NAIAD_IO', `${e.syscall} ${e.path ?? ''}: ${e.code}`, { cause: err, ...(denied ? { hint: 'run naiad install/uninstall as root, or pass --root DIR to install into a directory you can write' } : {}) })
+}
+
 /** Installs (or upgrades) naiad under `root`. */
 export async function install (o: InstallOptions = {}): Promise<Report> {
+  try {
+    return await installUnder(o)
+  } catch (err) {
+    throw asNaiadError(err)
+  }
+}
+
+async function installUnder (o: InstallOptions): Promise<Report> {
   const root = checkAbsolute('--root', o.root ?? '/')
   const prefix = checkAbsolute('--prefix', o.prefix ?? '/usr/local')
   const dryRun = o.dryRun === true
   const source = o.source ?? packageRoot()
   const node = o.node ?? process.execPath
+  if (!posix.isAbsolute(node) || /['\n]/.test(node)) throw new NaiadError('NAIAD_CLI_USAGE', `--node must be an absolute path without quotes: ${node}`)
   const previous = await readManifest(root, prefix)
   const known = new Map((previous?.files ?? []).map(f => [f.path, f]))
   const wanted = await wantedFiles(source, prefix, node)
@@ -379,6 +397,9 @@ export async function install (o: InstallOptions = {}): Promise<Report> {
   } else if (unitsChanged && !dryRun) {
     lines.push('units changed: run `systemctl daemon-reload` on the node (systemd is not PID 1 here, or --root is not /)')
   }
+  if (/^\/(root|home)\//.test(node)) {
+    lines.push(`warning: the wrapper runs ${node}; the scheduler's unit (ProtectHome=yes) cannot reach it. Install with a system-wide node (/usr/bin/node) or pass --node PATH`)
+  }
   if (!dryRun && !noop) {
     lines.push('next: review /etc/naiad/*.toml, merge /etc/naiad/containerd-snippet.toml into /etc/containerd/config.toml,')
     lines.push('      systemctl enable --now naiad-peer naiad-snapshotter (and naiad-scheduler on one node), systemctl restart containerd')
@@ -423,6 +444,14 @@ async function removeEmptyDirs (root: string, dirs: string[], created: Set<strin
 
 /** Removes what install wrote under `root`. */
 export async function uninstall (o: UninstallOptions = {}): Promise<Report> {
+  try {
+    return await uninstallUnder(o)
+  } catch (err) {
+    throw asNaiadError(err)
+  }
+}
+
+async function uninstallUnder (o: UninstallOptions): Promise<Report> {
   const root = checkAbsolute('--root', o.root ?? '/')
   const prefix = checkAbsolute('--prefix', o.prefix ?? '/usr/local')
   const dryRun = o.dryRun === true
