@@ -13,7 +13,7 @@ import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { haveContainerd, startContainerd, type RunningContainerd } from '../helpers/containerd.ts'
 import { NAIAD_BIN, startNaiad, type Daemon } from '../helpers/daemon.ts'
-import { buildImage, pushImage } from '../helpers/images.ts'
+import { buildImage, buildMultiPlatformImage, pushImage } from '../helpers/images.ts'
 import { haveRegistry, startRegistry, type RunningRegistry } from '../helpers/registry.ts'
 
 const run = promisify(execFile)
@@ -100,6 +100,29 @@ describe.skipIf(!ready)('naiad pull: plain OCI image into containerd through the
     expect(r.code, r.stderr).toBe(0)
     expect(r.stderr).toMatch(/layer 3\/3 sha256:[0-9a-f]{12}: already unpacked/)
     expect(r.stdout).toMatch(/layers: +3 \(3 skipped, 0 downloaded\)/)
+  })
+
+  it('a multi-platform index: the platform\'s manifest is unpacked and the image record names the index', async () => {
+    const img = buildMultiPlatformImage({ workDir: join(base, 'multi'), platforms: [{ architecture: 'amd64' }, { architecture: 'arm64' }] })
+    const multi = pushImage(img, registry!.host, 'naiad/pull-multi:1', undefined, true)
+    const pulled: Summary[] = []
+    for (const platform of ['linux/amd64', 'linux/arm64']) {
+      const r = await naiad(['pull', '--address', ctd!.address, '--namespace', NS, '--platform', platform, '--output', 'json', multi])
+      expect(r.code, r.stderr).toBe(0)
+      pulled.push(JSON.parse(r.stdout) as Summary & { manifest: string })
+    }
+    const [amd, arm] = pulled as Array<Summary & { manifest: string }>
+    // same index, different manifests and snapshots
+    expect(amd!.digest).toBe(arm!.digest)
+    expect(amd!.manifest).not.toBe(arm!.manifest)
+    expect(amd!.chainId).not.toBe(arm!.chainId)
+    const ls = await ctd!.ctr(NS, ['images', 'ls'])
+    const row = ls.split('\n').find((l) => l.startsWith(multi + ' '))
+    expect(row).toContain('application/vnd.oci.image.index.v1+json')
+    expect(row).toContain(amd!.digest)
+    for (const s of [amd!, arm!]) {
+      expect(JSON.parse(await ctd!.ctr(NS, ['snapshots', '--snapshotter', 'nydus', 'info', s.chainId])).Kind).toBe('Committed')
+    }
   })
 
   it('clear errors: containerd unreachable, unknown snapshotter, missing image', async () => {
