@@ -36,8 +36,7 @@ import { haveRegistry, startCountingProxy, startRegistry, type CountingProxy, ty
 const run = promisify(execFile)
 const NS = 'naiadlazy'
 const BIG = 16 * 1024 * 1024
-const remotePathPresent = existsSync(new URL('../../snapshotter/remote/fsd.ts', import.meta.url))
-const ready = process.getuid?.() === 0 && haveContainerd() && existsSync(NAIAD_BIN) && haveRegistry() && existsSync('/dev/fuse') && remotePathPresent
+const ready = process.getuid?.() === 0 && haveContainerd() && existsSync(NAIAD_BIN) && haveRegistry() && existsSync('/dev/fuse')
 
 interface Summary { image: string, chainId: string, layers: Array<{ outcome: string, size: number, mediaType: string }>, skipped: number, downloaded: number, bytesDownloaded: number }
 
