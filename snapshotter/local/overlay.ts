@@ -33,7 +33,7 @@ import { renameSync } from 'node:fs'
 import { mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
-import { NaiadError, causeChain, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
+import { NaiadError, causeChain, hasCode, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { parseFilters } from '../filters.ts'
 import { LABEL_CRI_IMAGE_REF, LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, LABEL_STARGZ_REFERENCE, imageRefOf, isTrue } from '../labels.ts'
@@ -220,8 +220,13 @@ export class LocalSnapshotter implements Snapshotter {
       await this.#remote?.unmount(l.path)
       this.#log.info({ mountpoint: l.path, image: l.image }, 'image unmounted: no snapshot uses it')
     } catch (err) {
-      this.#log.warn({ err, mountpoint: l.path }, 'unmounting an unused image failed; cleanup retries')
-      return
+      if (!hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) {
+        this.#log.warn({ err, mountpoint: l.path }, 'unmounting an unused image failed; cleanup retries')
+        return
+      }
+      // no fsdaemon: detach what is left in the kernel; a later fsdaemon that remounts it from its state file is cleaned up by cleanup
+      await detachMountsUnder(l.path)
+      this.#log.info({ mountpoint: l.path, image: l.image }, 'image released (the fsdaemon is not running): no snapshot uses it')
     }
     if (s.getById(id) !== undefined) s.deleteRemoteLower(id)
   }

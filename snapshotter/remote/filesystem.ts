@@ -30,7 +30,7 @@ export interface RemoteFilesystem {
    * a restarted fsdaemon) serves at `mountpoint` now.
    */
   alive (mountpoint: string, opts?: RemoteOptions): Promise<boolean>
-  /** The mountpoints served now. */
+  /** The mountpoints served now (none when the server is not running; this never starts it). */
   list (opts?: RemoteOptions): Promise<Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }>>
   /** Unmounts and releases what only this mount used. Unmounting nothing is not an error. */
   unmount (mountpoint: string, opts?: RemoteOptions): Promise<void>

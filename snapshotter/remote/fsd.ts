@@ -12,7 +12,7 @@
  * sent SIGTERM, which unmounts everything it serves.
  */
 import { spawn } from 'node:child_process'
-import { mkdirSync, openSync, closeSync, existsSync } from 'node:fs'
+import { mkdirSync, openSync, closeSync, existsSync, readFileSync } from 'node:fs'
 import { stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
@@ -42,12 +42,18 @@ export interface FsdRemoteOptions {
 
 const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
 
+/** True while `pid` runs (a zombie, dead but not yet reaped by its parent, counts as gone). */
 function pidAlive (pid: number): boolean {
   try {
     process.kill(pid, 0)
-    return true
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
+  } catch {
+    return false
   }
 }
 
@@ -148,9 +154,14 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     }
   }
 
+  /** The mounts of a running fsdaemon; none (and no daemon started) when it does not answer. */
   async list (opts: RemoteOptions = {}): Promise<Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }>> {
-    await this.ensure(opts.signal)
-    return (await this.#client.list(opts.signal)).map((m) => ({ mountpoint: m.mountpoint, labels: m.labels }))
+    try {
+      return (await this.#client.list(opts.signal)).map((m) => ({ mountpoint: m.mountpoint, labels: m.labels }))
+    } catch (err) {
+      if (hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) return []
+      throw err
+    }
   }
 
   async unmount (mountpoint: string, opts: RemoteOptions = {}): Promise<void> {

@@ -38,8 +38,13 @@ async function naiad (...argv: string[]): Promise<{ code: number, out: string, e
   return { code, out: out.join(''), err: err.join('') }
 }
 
+/** A zombie (exited, not yet reaped by its new parent) counts as gone. */
 function pidAlive (pid: number): boolean {
-  try { process.kill(pid, 0); return true } catch { return false }
+  try { process.kill(pid, 0) } catch { return false }
+  try {
+    const stat = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return stat.slice(stat.lastIndexOf(')') + 2, stat.lastIndexOf(')') + 3) !== 'Z'
+  } catch { return false }
 }
 
 const BIG = 24 * 1024 * 1024
@@ -207,6 +212,7 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     let d = await start()
     const c = new SnapshotsClient({}, { socket: sock })
     const fsd = new FsdClient({ socketPath: o.socket })
+    expect(existsSync(o.socket)).toBe(false) // start-up (cleanup, recover) starts no fsdaemon while no image needs one
     const top = await unpackLikeContainerd(c, image, imageRef, join(base, 'apply'))
     const m1 = await c.prepare('c1', top.chainId)
     const pid1 = (await fsd.daemon()).pid
@@ -255,7 +261,7 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     // --stop-fsdaemon: the snapshotter stops the fsdaemon when it exits
     await d.stop()
     d = await start('--stop-fsdaemon')
-    await d.stop()
+    expect(await d.stop(30_000)).toBe(0)
     expect(pidAlive(pid2)).toBe(false)
   }, 120_000)
 
