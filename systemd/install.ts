@@ -250,11 +250,24 @@ function describe (c: Change): string {
   return `${sign} ${c.path}${c.note !== undefined ? `  (${c.note})` : ''}`
 }
 
-function summarize (changes: Change[], dryRun: boolean, verb: string): { lines: string[], noop: boolean } {
+function summarize (changes: Change[], dryRun: boolean, verb: string, programDir: string): { lines: string[], noop: boolean } {
   const unchanged = changes.filter(c => c.action === 'unchanged').length
   const shown = changes.filter(c => c.action !== 'unchanged')
   const noop = shown.every(c => c.action === 'keep')
-  const lines = shown.map(describe)
+  // the thousands of files of the suite itself are counted, not listed (removals are listed)
+  const lines: string[] = []
+  const bulk = { create: 0, update: 0, remove: 0 }
+  let dirs = 0
+  for (const c of shown) {
+    if (c.kind === 'program' && c.note === undefined && (c.action === 'create' || c.action === 'update' || c.action === 'remove')) bulk[c.action]++
+    else if (c.kind === 'dir' && c.path.startsWith(`${programDir}/`)) dirs++
+    else lines.push(describe(c))
+  }
+  if (bulk.create + bulk.update + bulk.remove + dirs > 0) {
+    const parts = [['created', bulk.create], ['updated', bulk.update], ['removed', bulk.remove]].filter(([, n]) => n !== 0).map(([w, n]) => `${String(n)} files ${String(w)}`)
+    if (dirs > 0) parts.push(`${dirs} directories removed`)
+    lines.unshift(`~ ${programDir}/  (${parts.join(', ')})`)
+  }
   const prefix = dryRun ? 'dry run: ' : ''
   if (noop) lines.push(`${prefix}nothing to do: ${verb} is up to date (${unchanged} files unchanged)`)
   else lines.push(`${prefix}${shown.filter(c => c.action !== 'keep').length} changes, ${unchanged} files unchanged`)
@@ -289,6 +302,7 @@ async function installUnder (o: InstallOptions): Promise<Report> {
   const previous = await readManifest(root, prefix)
   const known = new Map((previous?.files ?? []).map(f => [f.path, f]))
   const wanted = await wantedFiles(source, prefix, node)
+  if (!dryRun) await mkdir(root, { recursive: true }) // an image root may not exist yet; it is never removed
   const changes: Change[] = []
   const created = new Set(previous?.dirs ?? [])
   const written: ManifestFile[] = []
@@ -387,7 +401,7 @@ async function installUnder (o: InstallOptions): Promise<Report> {
   const changed = changes.some(c => c.action !== 'unchanged' && c.action !== 'keep') || curManifest === undefined || !curManifest.data.equals(manifestData)
   if (!dryRun && changed) await writeAtomic(manifestPath, manifestData, 0o644)
 
-  const { lines, noop } = summarize(changes, dryRun, 'the installation')
+  const { lines, noop } = summarize(changes, dryRun, 'the installation', `${prefix}/lib/naiad`)
   const unitsChanged = changes.some(c => c.kind === 'unit' && c.action !== 'unchanged')
   let reloaded = false
   if (!dryRun && unitsChanged && (o.reload ?? (root === '/' && isSystemdPid1()))) {
@@ -490,7 +504,7 @@ async function uninstallUnder (o: UninstallOptions): Promise<Report> {
     const created = new Set(manifest.dirs)
     for (const d of await removeEmptyDirs(root, manifest.dirs, created)) changes.push({ action: 'remove', path: d, kind: 'dir' })
   }
-  const { lines, noop } = summarize(changes, dryRun, 'the removal')
+  const { lines, noop } = summarize(changes, dryRun, 'the removal', `${prefix}/lib/naiad`)
   const unitsChanged = changes.some(c => c.kind === 'unit' && c.action === 'remove')
   let reloaded = false
   if (!dryRun && unitsChanged && (o.reload ?? (root === '/' && isSystemdPid1()))) {

@@ -32,7 +32,11 @@ async function run (cmd: string, args: string[], env: Record<string, string> = {
   })
 }
 
-const naiad = async (...args: string[]): Promise<Run> => await run(process.execPath, [NAIAD, ...args])
+// The checkout's dist/ changes whenever anyone rebuilds it; the tests install from a staged copy
+// (itself installed from the checkout: an installed naiad can install itself), so every run of
+// the test sees the same source.
+let STAGED = ''
+const naiad = async (...args: string[]): Promise<Run> => await run(process.execPath, [STAGED, ...args])
 
 /** path → "type mode size [mtime]" of every entry under root. */
 async function tree (root: string, withTimes = false): Promise<Map<string, string>> {
@@ -62,6 +66,7 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
   let base: string
   let root: string
   let before: Map<string, string>
+  let source: string
 
   beforeAll(async () => {
     base = await mkdtemp(join(tmpdir(), 'naiad-install-'))
@@ -72,6 +77,10 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
     if (existsSync(HOST_UNITS)) await cp(HOST_UNITS, join(root, 'usr/lib/systemd/system'), { recursive: true, verbatimSymlinks: true })
     await mkdir(join(root, 'etc'), { recursive: true })
     before = await tree(root)
+    const stage = await run(process.execPath, [NAIAD, 'install', '--root', join(base, 'stage')])
+    if (stage.code !== 0) throw new Error(`staging failed: ${stage.stderr}`)
+    source = join(base, 'stage/usr/local/lib/naiad')
+    STAGED = join(source, 'dist/bin/naiad.js')
   })
 
   afterAll(async () => {
@@ -108,11 +117,13 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
     }
     for (const u of UNITS) {
       const text = await readFile(join(root, 'etc/systemd/system', u), 'utf8')
-      expect(text).toBe(await readFile(join(REPO, 'systemd', u), 'utf8'))
+      expect(text).toBe(await readFile(join(source, 'systemd', u), 'utf8'))
       expect(text).toMatch(/^ExecStart=\/usr\/local\/bin\/naiad /m)
     }
-    for (const c of CONFIGS) expect(await readFile(join(root, 'etc/naiad', c), 'utf8')).toBe(await readFile(join(REPO, 'systemd/etc/naiad', c), 'utf8'))
+    for (const c of CONFIGS) expect(await readFile(join(root, 'etc/naiad', c), 'utf8')).toBe(await readFile(join(source, 'systemd/etc/naiad', c), 'utf8'))
     expect(await readFile(join(root, 'etc/naiad/containerd-snippet.toml'), 'utf8')).toBe(await readFile(join(REPO, 'systemd/containerd-snippet.toml'), 'utf8'))
+    // the installed copies are the repository's
+    for (const u of UNITS) expect(await readFile(join(source, 'systemd', u), 'utf8')).toBe(await readFile(join(REPO, 'systemd', u), 'utf8'))
     const manifest = JSON.parse(await readFile(join(home, 'install-manifest.json'), 'utf8')) as { files: Array<{ path: string }>, dirs: string[] }
     expect(manifest.dirs).toEqual(expect.arrayContaining(['/usr/local', '/usr/local/bin', '/usr/local/lib/naiad', '/etc/naiad', '/etc/systemd', '/etc/systemd/system']))
     expect(manifest.dirs).not.toContain('/etc')
@@ -176,7 +187,7 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
     expect(r.stdout).toContain('! /etc/naiad/peer.toml  (yours differs from the example; kept)')
     expect(r.stdout).toContain('+ /etc/naiad/peer.toml.new')
     expect(await readFile(peer, 'utf8')).toBe(edited)
-    expect(await readFile(`${peer}.new`, 'utf8')).toBe(await readFile(join(REPO, 'systemd/etc/naiad/peer.toml'), 'utf8'))
+    expect(await readFile(`${peer}.new`, 'utf8')).toBe(await readFile(join(source, 'systemd/etc/naiad/peer.toml'), 'utf8'))
     const again = await naiad('install', '--root', root)
     expect(again.stdout).toMatch(/^nothing to do/m)
     expect(again.stdout).toContain('/etc/naiad/peer.toml  (yours differs from the example; the example is /etc/naiad/peer.toml.new)')
