@@ -64,7 +64,7 @@ export class SchedulerMetrics {
   readonly hosts: Gauge
   readonly tasks: Gauge
   readonly activePeers: Gauge
-  /** Piece assignments by action: parents, back_to_source, wait. */
+  /** Piece assignments by action: parents, back_to_source, wait, skipped (origin read-ahead declined). */
   readonly assignments: Counter<'action'>
   /** Piece reports by source and outcome. */
   readonly pieceReports: Counter<'source' | 'result'>
@@ -80,7 +80,7 @@ export class SchedulerMetrics {
     this.hosts = new Gauge({ name: 'naiad_p2p_scheduler_hosts', help: 'hosts known (heart-beating)', registers })
     this.tasks = new Gauge({ name: 'naiad_p2p_scheduler_tasks', help: 'tasks known', registers })
     this.activePeers = new Gauge({ name: 'naiad_p2p_scheduler_active_peers', help: 'downloads in progress (open AnnouncePeer streams)', registers })
-    this.assignments = new Counter({ name: 'naiad_p2p_scheduler_assignments_total', help: 'piece assignments by action (parents, back_to_source, wait)', labelNames: ['action'], registers })
+    this.assignments = new Counter({ name: 'naiad_p2p_scheduler_assignments_total', help: 'piece assignments by action (parents, back_to_source, wait, skipped)', labelNames: ['action'], registers })
     this.pieceReports = new Counter({ name: 'naiad_p2p_scheduler_piece_reports_total', help: 'piece reports by source (origin, peer) and result (finished, failed, rejected)', labelNames: ['source', 'result'], registers })
     this.blocklisted = new Counter({ name: 'naiad_p2p_scheduler_blocklisted_total', help: 'hosts put on the cluster-wide blocklist, by reason (digest_mismatch, failures)', labelNames: ['reason'], registers })
     this.blocklistSize = new Gauge({ name: 'naiad_p2p_scheduler_blocklisted_hosts', help: 'hosts on the cluster-wide blocklist now', registers })

@@ -8,6 +8,7 @@
  *
  *   npm run bench:p2p -- [--peers 4,8,16] [--size 256MiB] [--rate 100] [--order seq|random]
  *                        [--chunk 1MiB] [--concurrency 4] [--skip-direct] [--json out.json]
+ *                        [--origin-read-ahead K] [--cpu-prof DIR (profiles peers p1 and p9 and the reader of p1)]
  *
  * Needs root, iproute2, docker-registry and a build (`npm run build`).
  */
@@ -44,7 +45,9 @@ const { values: a } = parseArgs({
     verbose: { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'warn' },
     'origin-per-task': { type: 'string' },
-    'origin-per-peer': { type: 'string' }
+    'origin-per-peer': { type: 'string' },
+    'origin-read-ahead': { type: 'string' },
+    'cpu-prof': { type: 'string' }
   }
 })
 
@@ -95,7 +98,8 @@ async function runOne (n: number): Promise<Row> {
     const digest = await registry.addBlob(REPO, randomBytes(S))
     await registry.start()
     const read = async (h: string, url: string, origin?: string): Promise<ReadResult> => {
-      const out = await lab.exec(h, process.execPath, [READER, '--url', url, '--repo', REPO, '--digest', digest, '--size', String(S),
+      const prof = a['cpu-prof'] !== undefined && h === 'p1' && origin !== undefined ? ['--cpu-prof', '--cpu-prof-dir', a['cpu-prof'], '--cpu-prof-name', 'reader-p1.cpuprofile'] : []
+      const out = await lab.exec(h, process.execPath, [...prof, READER, '--url', url, '--repo', REPO, '--digest', digest, '--size', String(S),
         '--chunk', String(parseSize(a.chunk)), '--concurrency', a.concurrency, '--order', a.order, '--seed', h.slice(1), ...(origin !== undefined ? ['--origin', origin] : [])])
       return JSON.parse(out.trim().split('\n').at(-1) ?? '{}') as ReadResult
     }
@@ -124,12 +128,13 @@ async function runOne (n: number): Promise<Row> {
         '[host]', `id = "${h}"`, `ip = "${ip}"`,
         '[mirror]', 'listen = "127.0.0.1:65001"',
         '[upload]', `listen = "${ip}:65002"`, ...opt('max_concurrent', a['upload-concurrent']),
-        '[download]', `piece_length = "${a['piece-length']}"`, ...opt('read_ahead_pieces', a['read-ahead']), ...opt('concurrent_pieces', a['concurrent-pieces']),
+        '[download]', `piece_length = "${a['piece-length']}"`, ...opt('read_ahead_pieces', a['read-ahead']), ...opt('concurrent_pieces', a['concurrent-pieces']), ...opt('origin_read_ahead_pieces', a['origin-read-ahead']),
         '[scheduler]', `address = "${sched.ip}:65010"`, 'heartbeat_interval = "1s"',
         '[storage]', `dir = "${join(dir, 'store', h)}"`, 'quota = "4GiB"',
         '[log]', `level = "${a['log-level']}"`
       ].join('\n') + '\n')
-      children.push(lab.spawn(h, process.execPath, [NAIAD, 'peer', '--config', cfg], { logFile: join(dir, `${h}.log`) }))
+      const prof = a['cpu-prof'] !== undefined && (h === 'p1' || h === 'p9') ? ['--cpu-prof', '--cpu-prof-dir', a['cpu-prof'], '--cpu-prof-name', `peer-${h}.cpuprofile`] : []
+      children.push(lab.spawn(h, process.execPath, [...prof, NAIAD, 'peer', '--config', cfg], { logFile: join(dir, `${h}.log`) }))
       await lab.waitHttp(h, 'http://127.0.0.1:65001/healthz')
     }))
     await new Promise(resolve => setTimeout(resolve, 1500))

@@ -55,7 +55,7 @@ export function assignmentsToMsg (a: Assignments): AnnouncePeerResponseMsg {
     assignments: {
       pieces: a.pieces.map(p => p.action === 'parents'
         ? { number: p.number, action: 'ACTION_PARENTS' as ActionName, parentHostIds: p.parents, digest: digestToMsg(p.digest) }
-        : { number: p.number, action: (p.action === 'wait' ? 'ACTION_WAIT' : 'ACTION_BACK_TO_SOURCE') as ActionName, parentHostIds: [], digest: null }),
+        : { number: p.number, action: (p.action === 'wait' ? 'ACTION_WAIT' : p.action === 'skipped' ? 'ACTION_SKIPPED' : 'ACTION_BACK_TO_SOURCE') as ActionName, parentHostIds: [], digest: null }),
       hosts: a.hosts.map(hostToMsg)
     }
   }
@@ -70,6 +70,8 @@ export function assignmentsFromMsg (m: PieceAssignmentsMsg): Assignments {
       pieces.push({ number: p.number, action: 'parents', parents: p.parentHostIds, digest: digestFromMsg(p.digest) })
     } else if (p.action === 'ACTION_BACK_TO_SOURCE') {
       pieces.push({ number: p.number, action: 'back-to-source' })
+    } else if (p.action === 'ACTION_SKIPPED') {
+      pieces.push({ number: p.number, action: 'skipped' })
     } else {
       pieces.push({ number: p.number, action: 'wait' })
     }

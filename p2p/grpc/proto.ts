@@ -59,10 +59,10 @@ export interface PieceDigestMsg {
 
 export type PieceSourceName = 'PIECE_SOURCE_UNSPECIFIED' | 'PIECE_SOURCE_ORIGIN' | 'PIECE_SOURCE_PEER'
 export type FailureReasonName = 'FAILURE_REASON_UNSPECIFIED' | 'FAILURE_REASON_TRANSPORT' | 'FAILURE_REASON_DIGEST_MISMATCH' | 'FAILURE_REASON_BUSY' | 'FAILURE_REASON_NOT_FOUND' | 'FAILURE_REASON_ORIGIN'
-export type ActionName = 'ACTION_UNSPECIFIED' | 'ACTION_PARENTS' | 'ACTION_BACK_TO_SOURCE' | 'ACTION_WAIT'
+export type ActionName = 'ACTION_UNSPECIFIED' | 'ACTION_PARENTS' | 'ACTION_BACK_TO_SOURCE' | 'ACTION_WAIT' | 'ACTION_SKIPPED'
 
 export interface RegisterPeerMsg { digest: string, pieceLength: number, contentLength: number, contentLengthKnown: boolean }
-export interface RequestPiecesMsg { numbers: number[] }
+export interface RequestPiecesMsg { numbers: number[], originOnly?: boolean }
 export interface PieceStartedMsg { number: number, parentHostId: string }
 export interface PieceFinishedMsg { digest: PieceDigestMsg | null, source: PieceSourceName, parentHostId: string, length: number, costMs: number }
 export interface PieceFailedMsg { number: number, parentHostId: string, reason: FailureReasonName, description: string }

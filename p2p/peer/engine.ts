@@ -17,10 +17,16 @@
  *   scheduler is not configured or unreachable. A parent that fails is reported (and skipped for
  *   this piece); one whose bytes do not match is reported as DIGEST_MISMATCH (the scheduler
  *   blocklists it cluster-wide) and the piece resumes from the last verified block elsewhere.
+ * - Origin read-ahead: once this peer got an origin permit for a task that readers are reading
+ *   (a Range read of a blob is a strong hint the whole blob will be wanted), it keeps up to
+ *   `originReadAheadPieces` more pieces asked for as origin-only requests: the scheduler grants
+ *   each under the cluster's origin budget only if no peer holds, receives or fetches it, else
+ *   skips it. So the origin link is never idle while pieces remain, independently of how far the
+ *   readers' windows reach, and the registry still serves each piece once.
  * - Complete pieces go to the store and are reported; when every piece is there, the whole blob
  *   is checked against its digest.
  */
-import { createHash } from 'node:crypto'
+import { createHash, type Hash } from 'node:crypto'
 import { setTimeout as sleep } from 'node:timers/promises'
 import type { Readable } from 'node:stream'
 import { Agent, request, type Dispatcher } from 'undici'
@@ -36,13 +42,28 @@ import type { OriginContext, OriginPool } from './origin.ts'
 import type { PieceStore } from './piece-store.ts'
 import type { SchedulerClient, TaskStream } from './scheduler-client.ts'
 
-export type Priority = 'ondemand' | 'readahead' | 'prefetch'
-const PRIO: Record<Priority, number> = { ondemand: 0, readahead: 1, prefetch: 2 }
+export type Priority = 'ondemand' | 'readahead' | 'prefetch' | 'origin'
+/** 'origin': origin read-ahead, asked for as origin-only (lowest priority). */
+const PRIO: Record<Priority, number> = { ondemand: 0, readahead: 1, prefetch: 2, origin: 3 }
+/** Origin read-ahead continues while a reader read the task within this long. */
+const ORIGIN_AHEAD_IDLE_MS = 5000
 
 export interface EngineOptions {
   pieceLength: number
   concurrentPieces: number
   readAheadPieces: number
+  /**
+   * Origin read-ahead: once this peer was sent to the origin for a task being read, the pieces up
+   * to this many beyond the furthest piece its readers asked for are asked for origin-only, this
+   * many at a time at most (0 disables; default 0).
+   */
+  originReadAheadPieces?: number
+  /**
+   * Complete pieces kept in memory after they are stored (most recent first), so that readers and
+   * uploads to children read them without a disk read, and the blob's digest is computed as they
+   * complete (default 0).
+   */
+  memoryPieces?: number
   /** Fetch the whole blob in the background on first use. */
   prefetch: boolean
   pieceTimeoutMs: number
@@ -75,6 +96,8 @@ export interface InflightPiece {
   readonly error: unknown
   /** Incremented whenever a transfer into the piece broke off (a relay then cuts its children loose). */
   readonly interruptions: number
+  /** The piece was dropped without being fetched (an origin read-ahead the scheduler skipped). */
+  readonly dropped: boolean
   changed (signal?: AbortSignal): Promise<void>
 }
 
@@ -85,6 +108,7 @@ class PieceSlot implements InflightPiece {
   done = false
   error: unknown
   interruptions = 0
+  dropped = false
   /** A transfer into the piece is running now. */
   receiving = false
   /** Time spent waiting for assignments and for a transfer slot (diagnostics). */
@@ -119,6 +143,7 @@ class PieceSlot implements InflightPiece {
 type Plan =
   | { kind: 'origin', reason: 'scheduler' | 'no-scheduler' }
   | { kind: 'parents', parents: HostInfo[], digest: PieceDigest }
+  | { kind: 'skipped' }
 
 interface AssignWaiter { resolve: (a: Plan | 'retry') => void }
 
@@ -140,6 +165,14 @@ class Task {
   verifying: Promise<void> | undefined
   lingerTimer: NodeJS.Timeout | undefined
   prefetching = false
+  /** Origin read-ahead: the highest piece it considered (-1: not started). */
+  originCursor = -1
+  /** When a reader last read the task (ms), and the furthest piece readers asked for. */
+  lastReadAt = 0
+  furthestRead = -1
+  /** The blob's digest over pieces [0, hashedPieces), fed from memory as pieces complete in order. */
+  hash: Hash | undefined
+  hashedPieces = 0
   lastError: unknown
   /** Transfers in progress and pieces waiting for a transfer slot (priority, then number). */
   transfers = 0
@@ -174,6 +207,9 @@ type Fetched = { source: 'origin' | 'peer', digest: PieceDigest, parent?: string
 
 const FINAL_ORIGIN_ERRORS = new Set<string>(['NAIAD_REG_NOT_FOUND', 'NAIAD_REG_UNAUTHORIZED', 'NAIAD_REG_DENIED', 'NAIAD_P2P_ORIGIN_NOT_ALLOWED', 'NAIAD_CLOSED'])
 
+/** An origin read-ahead piece the scheduler skipped: dropped quietly. */
+class SkippedPiece extends Error {}
+
 class PieceError extends Error {
   constructor (readonly reason: FailureReason, message: string, cause?: unknown) { super(message, cause === undefined ? undefined : { cause }) }
 }
@@ -184,6 +220,8 @@ export class DownloadEngine {
   private readonly tasks = new Map<TaskId, Task>()
   private readonly hosts = new Map<string, HostInfo>()
   private readonly parents = new Map<string, ParentStat>()
+  /** Recently completed pieces (`<taskId>/<n>` → bytes), least recently completed first. */
+  private readonly recent = new Map<string, Buffer>()
   private readonly ac = new AbortController()
   private readonly dispatcher: Dispatcher
   private readonly ownDispatcher: Agent | undefined
@@ -285,9 +323,12 @@ export class DownloadEngine {
     const span = piecesForRange(first, last, task.size, task.pieceLength)
     if (span === undefined) return
     const prio = opts.priority ?? 'ondemand'
+    task.lastReadAt = Date.now()
+    task.furthestRead = Math.max(task.furthestRead, span.last)
     for (let n = span.first; n <= span.last; n++) this.ensure(task, n, prio)
     const ahead = Math.min(task.count - 1, span.last + this.options.readAheadPieces)
     for (let n = span.last + 1; n <= ahead; n++) this.ensure(task, n, 'readahead')
+    if (task.originCursor >= 0) this.extendOriginAhead(task, task.originCursor)
     this.deps.store.touch(task.id)
     for (let n = span.first; n <= span.last; n++) {
       const ps = pieceSpan(n, task.size, task.pieceLength)
@@ -298,7 +339,8 @@ export class DownloadEngine {
         opts.signal?.throwIfAborted()
         const slot = task.slots.get(n)
         if (slot !== undefined) {
-          while (slot.avail <= pos && !slot.done && slot.error === undefined) await slot.changed(opts.signal)
+          while (slot.avail <= pos && !slot.done && slot.error === undefined && !slot.dropped) await slot.changed(opts.signal)
+          if (slot.dropped) continue
           if (slot.avail > pos && slot.buf !== undefined) {
             const end = Math.min(slot.avail, sl.end)
             const chunk = slot.buf.subarray(pos, end)
@@ -308,6 +350,14 @@ export class DownloadEngine {
             continue
           }
           if (slot.error !== undefined) throw slot.error
+          continue
+        }
+        const mem = this.recent.get(`${task.id}/${n}`)
+        if (mem !== undefined) {
+          const chunk = mem.subarray(pos, sl.end)
+          pos = sl.end
+          this.metrics?.mirrorBytes.inc(chunk.length)
+          await write(chunk)
           continue
         }
         if (this.deps.store.has(task.id, n)) {
@@ -343,7 +393,8 @@ export class DownloadEngine {
           opts.signal?.throwIfAborted()
           const slot = task.slots.get(n)
           if (slot === undefined) { this.ensure(task, n, 'prefetch'); if (!task.slots.has(n)) break; continue }
-          while (!slot.done && slot.error === undefined) await slot.changed(opts.signal)
+          while (!slot.done && slot.error === undefined && !slot.dropped) await slot.changed(opts.signal)
+          if (slot.dropped) continue
           if (slot.error !== undefined) throw slot.error
           if (!this.deps.store.has(task.id, n)) throw new NaiadError('NAIAD_P2P_STORE_FULL', `piece ${n} of ${task.digest} could not be stored`)
         }
@@ -380,7 +431,11 @@ export class DownloadEngine {
     const p = PRIO[prio]
     const before = task.prio.get(n)
     task.prio.set(n, Math.min(p, before ?? p))
-    if (before !== undefined && p < before) this.wakeGate(task)
+    if (before !== undefined && p < before) {
+      this.wakeGate(task)
+      // Asked for origin-only so far: ask again as a normal request (parents allowed).
+      if (before === PRIO.origin) task.assignWaiters.get(n)?.resolve('retry')
+    }
     if (task.running.has(n)) return
     const q = task.queued.get(n)
     if (q !== undefined) {
@@ -394,7 +449,7 @@ export class DownloadEngine {
   }
 
   private pumpQueue (task: Task): void {
-    while (task.running.size < this.options.concurrentPieces * 4 && task.queued.size > 0) {
+    while (task.running.size < this.options.concurrentPieces * 4 + (this.options.originReadAheadPieces ?? 0) && task.queued.size > 0) {
       let best = -1
       let bestP = Infinity
       for (const [n, p] of task.queued) if (p < bestP || (p === bestP && n < best)) { best = n; bestP = p }
@@ -405,6 +460,7 @@ export class DownloadEngine {
         task.running.delete(best)
         task.prio.delete(best)
         this.deps.store.unpin(task.id)
+        if (task.originCursor >= 0) this.extendOriginAhead(task, best)
         this.pumpQueue(task)
         this.maybeIdle(task)
       })
@@ -419,20 +475,21 @@ export class DownloadEngine {
     }
     const started = Date.now()
     try {
-      slot.buf ??= Buffer.allocUnsafe(slot.length)
       const got = await this.fetchPiece(task, slot)
+      const buf = slot.buf as Buffer
       const seconds = (Date.now() - started) / 1000
       this.log.debug({ taskId: task.id, pieceNum: n, source: got.source, parent: got.parent, durationMs: Date.now() - started, transferMs: got.costMs, planMs: slot.planMs, slotMs: slot.slotMs }, 'piece fetched')
       this.metrics?.pieces.inc({ source: got.source })
       this.metrics?.pieceSeconds.observe({ source: got.source }, seconds)
       let stored = false
       try {
-        await this.deps.store.writePiece(task.id, got.digest, slot.buf)
+        await this.deps.store.writePiece(task.id, got.digest, buf)
         stored = true
       } catch (err) {
         this.log.warn({ err, taskId: task.id, pieceNum: n }, 'cannot store piece; it is served from memory to current readers only')
       }
       slot.done = true
+      if (stored) this.remember(task, n, buf)
       slot.notify()
       task.slots.delete(n)
       if (stored) {
@@ -442,6 +499,12 @@ export class DownloadEngine {
         task.session?.failed({ number: n, parentHostId: got.parent, reason: 'busy', description: 'not stored' })
       }
     } catch (err) {
+      if (err instanceof SkippedPiece) {
+        slot.dropped = true
+        slot.notify()
+        if (task.slots.get(n) === slot) task.slots.delete(n)
+        return
+      }
       task.lastError = err
       if (!isAbortError(err) && !this.closed) this.log.warn({ err, taskId: task.id, pieceNum: n }, 'piece failed')
       slot.error = err
@@ -451,9 +514,12 @@ export class DownloadEngine {
   }
 
   /** Waits for one of the task's `concurrentPieces` transfer slots; returns its release. */
-  private async transferSlot (task: Task, n: number): Promise<() => void> {
+  private async transferSlot (task: Task, n: number, now = false): Promise<() => void> {
     const urgent = this.priorityOf(task, n) === 'ondemand'
-    if (task.transfers >= this.options.concurrentPieces) {
+    if (now) {
+      // An origin permit must not idle behind other transfers (permits per peer are few).
+      task.transfers++
+    } else if (task.transfers >= this.options.concurrentPieces) {
       const prio = PRIO[this.priorityOf(task, n)]
       await new Promise<void>(resolve => {
         task.slotWaiters.push({ n, prio, go: resolve })
@@ -468,7 +534,7 @@ export class DownloadEngine {
       if (done) return
       done = true
       if (urgent) task.urgent--
-      const next = task.slotWaiters.shift()
+      const next = task.transfers > this.options.concurrentPieces ? undefined : task.slotWaiters.shift()
       if (next !== undefined) next.go()
       else task.transfers--
       this.wakeGate(task)
@@ -483,7 +549,7 @@ export class DownloadEngine {
    * pass at once.
    */
   private async gate (task: Task, n: number): Promise<void> {
-    while (this.priorityOf(task, n) !== 'ondemand' && ((task.urgent > 0 && task.transfers >= 2) || task.transfers >= this.options.concurrentPieces) && !this.closed) {
+    while (this.priorityOf(task, n) !== 'ondemand' && this.priorityOf(task, n) !== 'origin' && ((task.urgent > 0 && task.transfers >= 2) || task.transfers >= this.options.concurrentPieces) && !this.closed) {
       await new Promise<void>(resolve => { task.gateWaiters.push(resolve) })
     }
   }
@@ -495,7 +561,7 @@ export class DownloadEngine {
 
   private priorityOf (task: Task, n: number): Priority {
     const p = task.prio.get(n) ?? 2
-    return p === 0 ? 'ondemand' : p === 1 ? 'readahead' : 'prefetch'
+    return p === 0 ? 'ondemand' : p === 1 ? 'readahead' : p === 2 ? 'prefetch' : 'origin'
   }
 
   /** One piece, with retries over parents and the origin. */
@@ -508,8 +574,16 @@ export class DownloadEngine {
       const t0 = Date.now()
       await this.gate(task, n)
       const plan = await this.plan(task, n)
+      if (plan.kind === 'skipped') {
+        if (this.priorityOf(task, n) === 'origin') throw new SkippedPiece(`piece ${n} skipped`)
+        attempt--
+        continue
+      }
+      if (plan.kind === 'origin' && plan.reason === 'scheduler') this.extendOriginAhead(task, n)
       const t1 = Date.now()
-      const release = await this.transferSlot(task, n)
+      // Allocated once there is somewhere to fetch from (not while waiting for an assignment).
+      slot.buf ??= Buffer.allocUnsafe(slot.length)
+      const release = await this.transferSlot(task, n, plan.kind === 'origin' && plan.reason === 'scheduler')
       slot.planMs += t1 - t0
       slot.slotMs += Date.now() - t1
       let outcome: Fetched | 'failed' | 'again'
@@ -593,18 +667,44 @@ export class DownloadEngine {
     return allBusy ? 'again' : 'failed'
   }
 
+  /**
+   * Origin read-ahead: this peer was sent to the origin for piece `from` (or an origin read-ahead
+   * piece ended, or a reader read on): while readers read the task, the pieces after `from` up to
+   * `originReadAheadPieces` beyond the furthest piece they asked for are asked for origin-only,
+   * at most `originReadAheadPieces` at a time, so the origin link stays busy back to back instead
+   * of waiting for the readers' windows to reach each piece.
+   */
+  private extendOriginAhead (task: Task, from: number): void {
+    const k = this.options.originReadAheadPieces ?? 0
+    if (k <= 0 || this.closed || task.size === undefined || this.deps.scheduler === undefined) return
+    if (Date.now() - task.lastReadAt > ORIGIN_AHEAD_IDLE_MS) return
+    task.originCursor = Math.max(task.originCursor, from)
+    let outstanding = 0
+    for (const n of task.running) if (task.prio.get(n) === PRIO.origin) outstanding++
+    for (const [n] of task.queued) if (task.prio.get(n) === PRIO.origin) outstanding++
+    const limit = Math.min(task.count - 1, task.furthestRead + k)
+    while (outstanding < k && task.originCursor < limit) {
+      const c = ++task.originCursor
+      if (this.deps.store.has(task.id, c) || task.running.has(c) || task.queued.has(c)) continue
+      this.ensure(task, c, 'origin')
+      outstanding++
+    }
+  }
+
   /** What to do for piece n: ask the scheduler, or go to the origin without one. */
   private async plan (task: Task, n: number): Promise<Plan> {
     for (;;) {
       const session = await this.sessionFor(task)
       if (session === undefined) return { kind: 'origin', reason: 'no-scheduler' }
+      const originOnly = this.priorityOf(task, n) === 'origin'
       const got = await new Promise<Plan | 'retry'>((resolve) => {
         const timer = setTimeout(() => { task.assignWaiters.delete(n); resolve('retry') }, this.options.waitTimeoutMs)
         timer.unref()
         const prev = task.assignWaiters.get(n)
-        task.assignWaiters.set(n, { resolve: (a) => { clearTimeout(timer); resolve(a) } })
+        const w: AssignWaiter = { resolve: (a) => { clearTimeout(timer); if (task.assignWaiters.get(n) === w) task.assignWaiters.delete(n); resolve(a) } }
+        task.assignWaiters.set(n, w)
         prev?.resolve('retry')
-        session.request([n])
+        session.request([n], originOnly)
       })
       if (got !== 'retry') return got
       if (this.closed) throw new NaiadError('NAIAD_ABORTED', 'the peer is shutting down')
@@ -617,6 +717,10 @@ export class DownloadEngine {
       if (p.action === 'wait') continue
       const w = task.assignWaiters.get(p.number)
       if (w === undefined) {
+        // A piece still being fetched: the scheduler keeps one grant per piece and download, which
+        // the running transfer's own report releases; reporting this stale one would release it
+        // under the running transfer (and let someone else fetch the piece from the origin too).
+        if (p.action === 'skipped' || task.running.has(p.number)) continue
         // Nobody waits for it any more: give back what the scheduler reserved.
         task.session?.failed({ number: p.number, parentHostId: p.action === 'parents' ? (p.parents[0] ?? '') : '', reason: p.action === 'parents' ? 'busy' : 'origin', description: 'no longer needed' })
         continue
@@ -624,6 +728,8 @@ export class DownloadEngine {
       task.assignWaiters.delete(p.number)
       if (p.action === 'back-to-source') {
         w.resolve({ kind: 'origin', reason: 'scheduler' })
+      } else if (p.action === 'skipped') {
+        w.resolve({ kind: 'skipped' })
       } else {
         const parents = p.parents.map(id => this.hosts.get(id)).filter((h): h is HostInfo => h !== undefined && h.id !== this.deps.hostId)
         w.resolve(parents.length > 0 ? { kind: 'parents', parents, digest: p.digest } : 'retry')
@@ -813,15 +919,44 @@ export class DownloadEngine {
 
   // ---- completion ----------------------------------------------------------------------------
 
+  /** Keeps a stored piece in memory (bounded) and feeds the blob's digest in order. */
+  private remember (task: Task, n: number, buf: Buffer): void {
+    const max = this.options.memoryPieces ?? 0
+    if (max <= 0) return
+    const key = `${task.id}/${n}`
+    this.recent.delete(key)
+    this.recent.set(key, buf)
+    while (task.size !== undefined && task.hashedPieces < task.count) {
+      const b = this.recent.get(`${task.id}/${task.hashedPieces}`)
+      if (b === undefined) break
+      task.hash ??= createHash(hashAlgorithm(task.digest))
+      task.hash.update(b)
+      task.hashedPieces++
+    }
+    for (const k of this.recent.keys()) {
+      if (this.recent.size <= max) break
+      this.recent.delete(k)
+    }
+  }
+
+  private forget (taskId: TaskId): void {
+    const prefix = `${taskId}/`
+    for (const k of [...this.recent.keys()]) if (k.startsWith(prefix)) this.recent.delete(k)
+  }
+
   private async checkComplete (task: Task): Promise<void> {
     const stored = this.deps.store.get(task.id)
     if (stored === undefined || stored.verified || task.size === undefined || stored.pieces.size < task.count) return
     task.verifying ??= (async () => {
-      const hash = createHash(task.digest.startsWith('sha512:') ? 'sha512' : 'sha256')
+      // The pieces fed in order from memory as they completed are not read again from disk.
+      const hash = task.hash ?? createHash(hashAlgorithm(task.digest))
+      const from = task.hash !== undefined ? Math.min(stored.size, task.hashedPieces * task.pieceLength) : 0
+      task.hash = undefined
+      task.hashedPieces = task.count
       const step = 8 * 1024 * 1024
       this.deps.store.pin(task.id)
       try {
-        for (let off = 0; off < stored.size; off += step) hash.update(await this.deps.store.read(task.id, off, Math.min(step, stored.size - off)))
+        for (let off = from; off < stored.size; off += step) hash.update(await this.deps.store.read(task.id, off, Math.min(step, stored.size - off)))
         const got = `${task.digest.slice(0, task.digest.indexOf(':'))}:${hash.digest('hex')}`
         if (got === task.digest) {
           await this.deps.store.markVerified(task.id)
@@ -834,10 +969,13 @@ export class DownloadEngine {
           this.log.error({ err, taskId: task.id }, 'complete blob does not match its digest')
           task.session?.peerFailed(err.message, true)
           task.lastError = err
+          task.hashedPieces = 0
+          this.forget(task.id)
           await this.deps.store.dropTask(task.id)
           await this.deps.store.ensureTask(task.id, stored.size)
         }
       } catch (err) {
+        task.hashedPieces = 0
         this.log.warn({ err, taskId: task.id }, 'blob verification failed to run')
       } finally {
         this.deps.store.unpin(task.id)
@@ -868,11 +1006,16 @@ export class DownloadEngine {
   }
 
   /**
-   * A piece being received right now, for relaying (cut-through) by the upload server: its bytes
-   * below `avail` are final (verified block by block when they come from a parent).
+   * A piece in memory for the upload server: being received right now, for relaying (cut-through)
+   * — its bytes below `avail` are final (verified block by block when they come from a parent) —
+   * or complete and among the recent pieces kept in memory.
    */
   inflight (taskId: string, n: number): InflightPiece | undefined {
     const slot = this.tasks.get(taskId as TaskId)?.slots.get(n)
+    if (slot === undefined) {
+      const mem = this.recent.get(`${taskId}/${n}`)
+      return mem === undefined ? undefined : completePiece(mem)
+    }
     // Only while bytes are flowing in (or all there): a piece waiting to be scheduled again would
     // leave the child waiting for nothing.
     if (slot === undefined || slot.buf === undefined || slot.error !== undefined || !(slot.receiving || slot.done)) return undefined
@@ -881,6 +1024,7 @@ export class DownloadEngine {
 
   /** The store evicted a task: forget it here too. */
   onEvicted (taskId: TaskId): void {
+    this.forget(taskId)
     const t = this.tasks.get(taskId)
     if (t !== undefined && t.refs === 0 && t.running.size === 0) this.tasks.delete(taskId)
     this.deps.scheduler?.leaveTask(taskId)
@@ -915,6 +1059,15 @@ export class DownloadEngine {
     }
     if (this.ownDispatcher !== undefined) await this.ownDispatcher.close().catch(() => {})
   }
+}
+
+function hashAlgorithm (digest: string): 'sha256' | 'sha512' {
+  return digest.startsWith('sha512:') ? 'sha512' : 'sha256'
+}
+
+/** A complete piece held in memory, as the upload server relays it. */
+function completePiece (buf: Buffer): InflightPiece {
+  return { length: buf.length, buf, avail: buf.length, done: true, error: undefined, interruptions: 0, dropped: false, changed: async () => {} }
 }
 
 function errText (err: unknown): string {

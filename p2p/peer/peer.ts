@@ -105,6 +105,8 @@ export class Peer {
       pieceLength: config.download.piece_length,
       concurrentPieces: config.download.concurrent_pieces,
       readAheadPieces: config.download.read_ahead_pieces,
+      originReadAheadPieces: config.download.origin_read_ahead_pieces,
+      memoryPieces: config.download.memory_pieces,
       prefetch: config.download.prefetch,
       pieceTimeoutMs: config.download.piece_timeout,
       waitTimeoutMs: config.download.wait_timeout,

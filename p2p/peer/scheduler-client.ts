@@ -54,6 +54,7 @@ export class TaskStream {
   onClosed: (err: NaiadError | undefined) => void = () => {}
   private awaitingSince: number | undefined
   private batch: number[] | undefined
+  private originBatch: number[] | undefined
   private readonly timer: NodeJS.Timeout
 
   constructor (
@@ -94,20 +95,32 @@ export class TaskStream {
     }
   }
 
-  /** Asks for pieces (batched within one tick); answers arrive through onAssignments. */
-  request (numbers: readonly number[]): void {
+  /**
+   * Asks for pieces (batched within one tick); answers arrive through onAssignments. `originOnly`:
+   * origin read-ahead (BACK_TO_SOURCE, WAIT or SKIPPED; never parents).
+   */
+  request (numbers: readonly number[], originOnly = false): void {
     if (this.closed) return
     if (this.batch === undefined) {
       this.batch = []
+      this.originBatch = []
       queueMicrotask(() => {
         const b = this.batch ?? []
-        this.batch = undefined
-        if (b.length === 0 || this.closed) return
-        this.awaitingSince ??= Date.now()
-        this.write({ requestPieces: { numbers: [...new Set(b)] } })
+        const o = this.originBatch ?? []
+        this.batch = this.originBatch = undefined
+        if (this.closed) return
+        if (b.length > 0) {
+          this.awaitingSince ??= Date.now()
+          this.write({ requestPieces: { numbers: [...new Set(b)] } })
+        }
+        if (o.length > 0) {
+          this.awaitingSince ??= Date.now()
+          this.write({ requestPieces: { numbers: [...new Set(o)], originOnly: true } })
+        }
       })
     }
-    this.batch.push(...numbers)
+    if (originOnly) this.originBatch?.push(...numbers)
+    else this.batch.push(...numbers)
   }
 
   started (number: number, parentHostId: string): void {

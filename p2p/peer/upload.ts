@@ -111,7 +111,8 @@ export class UploadHandler {
     if (!isTaskId(id)) { sendError(res, 400, new NaiadError('NAIAD_P2P_BAD_REQUEST', 'not a task id')); return }
     const taskId = id as TaskId
     const t = this.deps.store.get(taskId)
-    const relay = t?.pieces.has(n) === true ? undefined : this.deps.inflight?.(taskId, n)
+    // From memory when the engine has it (being received, or complete and recent): no disk read.
+    const relay = this.deps.inflight?.(taskId, n)
     if (t === undefined || (!t.pieces.has(n) && relay === undefined)) {
       this.deps.metrics?.uploadRejected.inc({ reason: 'missing' })
       sendError(res, 404, new NaiadError('NAIAD_P2P_UNKNOWN_TASK', `piece ${n} of ${taskId} is not held here`))

@@ -22,6 +22,8 @@ export type Assignment =
   | { number: number, action: 'parents', parents: string[], digest: PieceDigest }
   | { number: number, action: 'back-to-source' }
   | { number: number, action: 'wait' }
+  /** Only for origin-only requests: someone else holds, receives or fetches it; nothing follows. */
+  | { number: number, action: 'skipped' }
 
 export interface Assignments {
   pieces: Assignment[]

@@ -54,7 +54,7 @@ export function schedulerHandlers (service: SchedulerService, logger: Logger): g
           return
         }
         switch (req.event) {
-          case 'requestPieces': session.requestPieces(req.requestPieces?.numbers ?? []); break
+          case 'requestPieces': session.requestPieces(req.requestPieces?.numbers ?? [], req.requestPieces?.originOnly === true); break
           case 'pieceStarted': if (req.pieceStarted !== null && req.pieceStarted !== undefined) session.pieceStarted(req.pieceStarted.number, req.pieceStarted.parentHostId); break
           case 'pieceFinished': {
             const f = req.pieceFinished

@@ -117,11 +117,13 @@ export class PeerSession {
   readonly started = new Set<number>()
   readonly permits = new Set<number>()
   readonly waiting = new Set<number>()
+  /** Pieces it waits for as origin read-ahead (origin only, never from parents). */
+  readonly originOnly = new Set<number>()
   closed = false
   constructor (readonly peerId: string, readonly host: HostState, readonly task: TaskState, readonly sink: PeerSink, private readonly service: SchedulerService) {}
 
   get taskInfo (): { contentLength: number | undefined } { return { contentLength: this.task.size } }
-  requestPieces (numbers: readonly number[]): void { this.service.requestPieces(this, numbers) }
+  requestPieces (numbers: readonly number[], originOnly = false): void { this.service.requestPieces(this, numbers, originOnly) }
   pieceStarted (number: number, parentHostId: string): void { this.service.pieceStarted(this, number, parentHostId) }
   pieceFinished (r: { digest: PieceDigest, source: 'origin' | 'peer', parentHostId: string, length: number, costMs: number }): void { this.service.pieceFinished(this, r) }
   pieceFailed (r: { number: number, parentHostId: string, reason: FailureReason, description: string }): void { this.service.pieceFailed(this, r) }
@@ -271,7 +273,13 @@ export class SchedulerService {
     return s
   }
 
-  requestPieces (s: PeerSession, numbers: readonly number[]): void {
+  /**
+   * A download asks for pieces. `originOnly` (origin read-ahead): each piece only from the origin
+   * and only if no peer holds, receives or fetches it — BACK_TO_SOURCE under the usual budget,
+   * WAIT while the budget is spent, SKIPPED otherwise (also later, if it becomes available
+   * elsewhere while waiting); never PARENTS.
+   */
+  requestPieces (s: PeerSession, numbers: readonly number[], originOnly = false): void {
     if (s.closed) return
     const end = this.metrics?.scheduleSeconds.startTimer()
     const task = s.task
@@ -285,9 +293,10 @@ export class SchedulerService {
     const out: Assignment[] = []
     for (const n of [...wanted].sort((a, b) => a - b)) {
       this.releasePiece(s, n)
-      const a = this.decide(s, n, wanted)
+      const a = this.decide(s, n, wanted, originOnly)
       if (a.action === 'wait') {
         s.waiting.add(n)
+        if (originOnly) s.originOnly.add(n)
         let ws = task.waiters.get(n)
         if (ws === undefined) task.waiters.set(n, ws = new Set())
         ws.add(s)
@@ -588,6 +597,7 @@ export class SchedulerService {
       if (ps?.delete(s) === true) s.task.permitsHeld--
       if (ps?.size === 0) s.task.permits.delete(n)
     }
+    s.originOnly.delete(n)
     if (s.waiting.delete(n)) {
       const ws = s.task.waiters.get(n)
       ws?.delete(s)
@@ -654,13 +664,18 @@ export class SchedulerService {
   }
 
   /** Decides one piece for one download (see the module comment); reserves what it grants. */
-  private decide (s: PeerSession, n: number, wanted: ReadonlySet<number>): Assignment {
+  private decide (s: PeerSession, n: number, wanted: ReadonlySet<number>, originOnly = false): Assignment {
     const task = s.task
     const now = this.now()
     const complete = task.holders.get(n)
     const partial = this.partialHolders(task, n)
     const digest = task.digests.get(n)
-    if (((complete?.size ?? 0) > 0 || partial.size > 0) && digest !== undefined) {
+    if (originOnly && ((complete?.size ?? 0) > 0 || partial.size > 0 || (task.permits.get(n)?.size ?? 0) > 0)) {
+      // Origin read-ahead never duplicates what a peer has or is fetching.
+      this.metrics?.assignments.inc({ action: 'skipped' })
+      return { number: n, action: 'skipped' }
+    }
+    if (!originOnly && ((complete?.size ?? 0) > 0 || partial.size > 0) && digest !== undefined) {
       const unique = this.uniqueDemand(task, n)
       const candidates: CandidateHost[] = []
       for (const id of new Set([...(complete ?? []), ...partial])) {
@@ -722,10 +737,11 @@ export class SchedulerService {
       const order = [...ws].map((s, i) => ({ s, i, up: this.recentUpload(s.host, now) })).sort((x, y) => x.up - y.up || x.i - y.i).map(x => x.s)
       for (const s of order) {
         if (s.closed) { ws.delete(s); continue }
-        const a = this.decide(s, n, new Set([n]))
+        const a = this.decide(s, n, new Set([n]), s.originOnly.has(n))
         if (a.action === 'wait') continue
         ws.delete(s)
         s.waiting.delete(n)
+        s.originOnly.delete(n)
         let b = batches.get(s)
         if (b === undefined) batches.set(s, b = [])
         b.push(a)

@@ -120,6 +120,44 @@ describe.skipIf(!haveRegistry())('p2p on loopback', () => {
     expect(st?.holders.length).toBe(3)
   })
 
+  it('origin read-ahead: a peer sent to the origin keeps the next pieces coming from it (bounded), and never fetches what another peer holds', async () => {
+    const blob = randomBytes(12 * MiB)
+    const digest = await pushBlob(blob)
+    const originGets = (): Array<{ first: number, bytes: number }> => proxy.requests().filter(q => q.path.includes(digest) && q.method === 'GET').map(q => ({ first: Number(/bytes=(\d+)-/.exec(q.range ?? '')?.[1] ?? 0), bytes: q.bytes }))
+    const settle = async (): Promise<void> => {
+      let last = -1
+      for (let i = 0; i < 100; i++) {
+        await new Promise(resolve => setTimeout(resolve, 100))
+        const n = originGets().reduce((x, q) => x + q.bytes, 0)
+        if (n === last) return
+        last = n
+      }
+    }
+    // b already holds piece 4 (and nothing else) when a starts reading
+    const b = await startPeer('ora-b', { download: { read_ahead_pieces: 0, origin_read_ahead_pieces: 0 } })
+    const a = await startPeer('ora-a', { download: { read_ahead_pieces: 0, origin_read_ahead_pieces: 3 } })
+    proxy.reset()
+    expect((await get(b, digest, `bytes=${4 * MiB}-${4 * MiB + 99}`)).status).toBe(206)
+    await settle()
+    expect(originGets().map(q => q.first)).toEqual([4 * MiB])
+    proxy.reset()
+    // a reads 100 bytes of piece 2 only: it is sent to the origin for piece 2, then keeps the
+    // pieces up to 3 beyond it coming from the origin (3 and 5: 4 is held by b), and no more
+    const r = await get(a, digest, `bytes=${2 * MiB}-${2 * MiB + 99}`)
+    expect(r.body.equals(blob.subarray(2 * MiB, 2 * MiB + 100))).toBe(true)
+    await settle()
+    expect(originGets().map(q => q.first / MiB).sort((x, y) => x - y)).toEqual([2, 3, 5])
+    expect(originGets().reduce((x, q) => x + q.bytes, 0)).toBe(3 * MiB)
+    // reading on extends it: the rest of the blob comes from the origin once, piece 4 from b
+    const all = await get(a, digest)
+    expect(createHash('sha256').update(all.body).digest('hex')).toBe(digest.slice(7))
+    await settle()
+    const firsts = originGets().map(q => q.first / MiB).sort((x, y) => x - y)
+    expect(new Set(firsts).size).toBe(firsts.length)
+    expect(firsts).not.toContain(4)
+    expect(originGets().reduce((x, q) => x + q.bytes, 0)).toBe(11 * MiB)
+  })
+
   it('follows the mirror contract: HEAD, suffix ranges, 416, 400 for non-blobs, 404 from the origin, healthz, metrics', async () => {
     const blob = randomBytes(3 * MiB + 7)
     const digest = await pushBlob(blob)

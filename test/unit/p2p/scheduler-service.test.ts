@@ -118,6 +118,48 @@ describe('scheduler service: origin budget', () => {
   })
 })
 
+describe('scheduler service: origin read-ahead (origin-only requests)', () => {
+  it('grants only pieces nobody holds, receives or fetches, under the origin budget; skips the others, never parents', async () => {
+    const { open, metrics } = setup({ originConcurrencyPerTask: 2, originPermitsPerPeer: 2 })
+    const a = open('a')
+    const b = open('b')
+    const c = open('c')
+    b.s.requestPieces([0])
+    expect(b.last().map(x => x.action)).toEqual(['back-to-source'])
+    b.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    c.s.requestPieces([1])
+    expect(c.last().map(x => x.action)).toEqual(['back-to-source'])
+    // 0 is held by b, 1 is being fetched from the origin by c: skipped; 2 is granted; 3 waits
+    // (the blob's 2 concurrent origin fetches are in use)
+    a.s.requestPieces([0, 1, 2, 3], true)
+    expect(a.last().map(x => [x.number, x.action])).toEqual([[0, 'skipped'], [1, 'skipped'], [2, 'back-to-source'], [3, 'wait']])
+    // c's fetch ends: a's waiting read-ahead of 3 gets the free permit
+    c.s.pieceFinished({ digest: piece(1), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    expect(a.last().map(x => [x.number, x.action])).toEqual([[3, 'back-to-source']])
+    expect(await metrics.registry.metrics()).toMatch(/naiad_p2p_scheduler_assignments_total\{action="skipped"\} 2\n/)
+  })
+
+  it('a waiting read-ahead piece that became available elsewhere is skipped, not sent to a parent', () => {
+    const { open } = setup({ originConcurrencyPerTask: 1, originPermitsPerPeer: 1 })
+    const a = open('a')
+    const b = open('b')
+    b.s.requestPieces([2])
+    a.s.requestPieces([2, 3], true)
+    expect(a.last().map(x => [x.number, x.action])).toEqual([[2, 'skipped'], [3, 'wait']])
+    b.s.requestPieces([3])
+    expect(b.last().map(x => x.action)).toEqual(['wait'])
+    // b's fetch of 2 ends: the permit goes to the lowest waiting piece (3): a or b fetches it;
+    // the other is skipped (a) or waits for it from a parent (b)
+    b.s.pieceFinished({ digest: piece(2), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    const granted = [a, b].filter(p => p.last().some(x => x.number === 3 && x.action === 'back-to-source'))
+    expect(granted).toHaveLength(1)
+    if (granted[0] === b) expect(a.last().map(x => [x.number, x.action])).toEqual([[3, 'skipped']])
+    // asked again as a normal request, the same piece is no longer origin-only
+    a.s.requestPieces([2])
+    expect(a.last()[0]).toMatchObject({ number: 2, action: 'parents', parents: ['b'] })
+  })
+})
+
 describe('scheduler service: integrity and blocklists', () => {
   it('records the first origin digest; a disagreeing report is not counted as held', () => {
     const { svc, open } = setup({ originBudgetPerPiece: 2 })
