@@ -160,7 +160,7 @@ export class LocalSnapshotter implements Snapshotter {
    * Makes the image lower directory of bootstrap snapshot `b` available and returns it: the live
    * FUSE mount, a new one, or (fallback) the image written out in full. Call under #locked.
    */
-  async #ensureLower (s: MetaStore, b: BootstrapInChain, signal: AbortSignal | undefined): Promise<string> {
+  async #ensureLower (s: MetaStore, b: BootstrapInChain, signal: AbortSignal | undefined, fallback = true): Promise<string> {
     const id = b.rec.id
     const have = s.remoteLower(id)
     if (have?.mode === 'materialized') return have.path
@@ -188,7 +188,7 @@ export class LocalSnapshotter implements Snapshotter {
         this.#log.warn({ err, snapshot: b.rec.name, image: image.image }, 'lazy mount of the image failed; falling back to downloading it in full')
       }
     }
-    if (image === undefined || this.#materializer === undefined) {
+    if (image === undefined || this.#materializer === undefined || !fallback) {
       throw new NaiadError('NAIAD_SNAP_REMOTE', `Nydus image of snapshot ${b.rec.name}: ${lazyFailure}${this.#materializer === undefined ? '; the full-download fallback is disabled' : ''}`)
     }
     const dest = join(this.#dir(id), 'rootfs')
@@ -234,7 +234,8 @@ export class LocalSnapshotter implements Snapshotter {
   /**
    * After a (re)start: checks the image mounts of snapshots still in use (remounting the ones the
    * fsdaemon no longer serves), and releases the ones nobody uses. Failures are logged: the next
-   * prepare or mounts call tries again.
+   * prepare or mounts call tries again, with the full-download fallback (never here: it could take
+   * minutes before the snapshotter serves).
    */
   async recover (opts: OpOptions = {}): Promise<void> {
     const s = await this.#ready()
@@ -251,7 +252,8 @@ export class LocalSnapshotter implements Snapshotter {
         const b = this.#bootstrapOf(s, rec)
         if (b === undefined) continue
         try {
-          const p = await this.#ensureLower(s, b, opts.signal)
+          // lazy only: a full download here would keep the snapshotter from serving for minutes
+          const p = await this.#ensureLower(s, b, opts.signal, false)
           this.#log.info({ snapshot: rec.name, image: l.image, lower: p }, 'image lower directory checked after start')
         } catch (err) {
           this.#log.error({ err, snapshot: rec.name, image: l.image }, 'image lower directory could not be restored; the next prepare tries again')
