@@ -35,6 +35,8 @@ export const LABEL_CRI_IMAGE_LAYERS = 'containerd.io/snapshot/cri.image-layers'
 const LABEL_UNCOMPRESSED = 'containerd.io/uncompressed'
 const LABEL_GC_EXPIRE = 'containerd.io/gc.expire'
 const SNAPSHOT_LABEL_PREFIX = 'containerd.io/snapshot/'
+/** Layer blobs fetched at once (containerd's default max_concurrent_downloads is 3). */
+const DOWNLOAD_WINDOW = 3
 /** containerd's limit on one label (key + value), labels/validate.go. */
 const MAX_LABEL_BYTES = 4096
 
@@ -200,6 +202,11 @@ export async function pullImage (deps: PullDeps, opts: PullOptions): Promise<Pul
   const expire = new Date(Date.now() + 3600_000).toISOString().replace(/\.\d+Z$/, 'Z')
   const lease = await ctd.createLease(leaseId, { [LABEL_GC_EXPIRE]: expire }, { signal })
   const call = { lease, ...(signal !== undefined ? { signal } : {}) }
+  // downloads ahead of their layer stop when the pull fails or is aborted
+  const aborter = new AbortController()
+  const onAbort = (): void => { aborter.abort(signal?.reason) }
+  signal?.addEventListener('abort', onAbort, { once: true })
+  const inner = { lease, signal: aborter.signal }
   const results: PullLayerResult[] = []
   try {
     // ---- metadata blobs ----
@@ -219,66 +226,84 @@ export async function pullImage (deps: PullDeps, opts: PullOptions): Promise<Pul
     }
 
     // ---- layers ----
-    for (let i = 0; i < layers.length; i++) {
-      throwIfAborted(signal)
+    // Layer blobs that must be downloaded are fetched into the content store ahead of their
+    // apply, up to DOWNLOAD_WINDOW at a time from the first layer that needed one on (as
+    // containerd's unpacker starts fetching layers[i:] after the first non-remote layer).
+    const downloads = new Map<string, Promise<boolean>>() // by digest: an image may repeat a layer
+    const fetchBlob = async (i: number): Promise<boolean> => {
+      const layer = layers[i]!
+      let p = downloads.get(layer.digest)
+      if (p === undefined) {
+        p = (async (): Promise<boolean> => {
+          const blobLabels = { ...dist, [LABEL_UNCOMPRESSED]: diffIds[i]! }
+          if (await ctd.contentInfo(layer.digest, inner) !== undefined) {
+            await ctd.setContentLabels(layer.digest, blobLabels, inner)
+            return false
+          }
+          let n = 0
+          const r = await ctd.writeContent(brief(layer), async () => {
+            const s = await source.getBlob(layer.digest, { signal: aborter.signal, size: layer.size })
+            s.on('data', (c: Buffer) => { n += c.length })
+            return s
+          }, blobLabels, inner)
+          bytesDownloaded += n
+          return r === 'written'
+        })()
+        p.catch(() => {}) // awaited (and reported) by the layer that needs it
+        downloads.set(layer.digest, p)
+      }
+      return await p
+    }
+
+    const unpackLayer = async (i: number): Promise<LayerOutcome> => {
       const layer = layers[i]!
       const chainId = chains[i]!
       const parent = i === 0 ? '' : chains[i - 1]!
+      if (await ctd.statSnapshot(opts.snapshotter, chainId, call)) return 'present'
+      const labels = layerLabels(opts.reference, manifestDesc.digest, layers, i, chainId)
+      let mounts: SnapshotMount[] | 'exists' | undefined
+      let key = ''
+      for (let attempt = 0; attempt < 3 && mounts === undefined; attempt++) {
+        key = `extract-${process.hrtime.bigint()}-${randomBytes(6).toString('base64url')} ${chainId}`
+        mounts = await ctd.prepareSnapshot(opts.snapshotter, key, parent, labels, call)
+        if (mounts === 'exists') {
+          if (await ctd.statSnapshot(opts.snapshotter, chainId, call)) return 'remote'
+          // AlreadyExists on our random key (or a remote snapshot that vanished): try again
+          deps.log?.warn({ key, chainId }, 'prepare answered AlreadyExists but the chain id is not there; retrying')
+          mounts = undefined
+        }
+      }
+      if (mounts === undefined || mounts === 'exists') {
+        throw new NaiadError('NAIAD_PULL_CONTAINERD', `layer ${i + 1} (${layer.digest}): the ${opts.snapshotter} snapshotter answered AlreadyExists for ${chainId} but containerd cannot find that snapshot`)
+      }
+      try {
+        for (let j = i; j < Math.min(layers.length, i + DOWNLOAD_WINDOW); j++) void fetchBlob(j)
+        const downloaded = await fetchBlob(i)
+        let applied: string
+        try {
+          applied = await ctd.applyLayer(brief(layer), mounts, call)
+        } catch (err) {
+          throw new NaiadError('NAIAD_PULL_APPLY', `layer ${i + 1} (${layer.digest}, ${layer.mediaType}): containerd could not apply it onto the ${opts.snapshotter} snapshot: ${(err as Error).message}`, { cause: err })
+        }
+        if (applied !== diffIds[i]) {
+          throw new NaiadError('NAIAD_PULL_DIFF_ID_MISMATCH', `layer ${i + 1} (${layer.digest}) unpacked to ${applied}, but the image config says ${diffIds[i]!}`)
+        }
+        const c = await ctd.commitSnapshot(opts.snapshotter, chainId, key, labels, call)
+        if (c === 'exists') await ctd.removeSnapshot(opts.snapshotter, key, call).catch(() => {})
+        return downloaded ? 'downloaded' : 'applied'
+      } catch (err) {
+        await ctd.removeSnapshot(opts.snapshotter, key, { lease }).catch(() => {})
+        throw err
+      }
+    }
+
+    for (let i = 0; i < layers.length; i++) {
+      throwIfAborted(signal)
+      const layer = layers[i]!
       const t0 = Date.now()
       const outcome = await unpackLayer(i)
-      results.push({ digest: layer.digest, mediaType: layer.mediaType, size: layer.size, chainId, outcome })
+      results.push({ digest: layer.digest, mediaType: layer.mediaType, size: layer.size, chainId: chains[i]!, outcome })
       deps.onProgress?.({ type: 'layer', index: i, count: layers.length, digest: layer.digest, size: layer.size, outcome, durationMs: Date.now() - t0 })
-
-      async function unpackLayer (i: number): Promise<LayerOutcome> {
-        if (await ctd.statSnapshot(opts.snapshotter, chainId, call)) return 'present'
-        const labels = layerLabels(opts.reference, manifestDesc.digest, layers, i, chainId)
-        let mounts: SnapshotMount[] | 'exists' | undefined
-        let key = ''
-        for (let attempt = 0; attempt < 3 && mounts === undefined; attempt++) {
-          key = `extract-${process.hrtime.bigint()}-${randomBytes(6).toString('base64url')} ${chainId}`
-          mounts = await ctd.prepareSnapshot(opts.snapshotter, key, parent, labels, call)
-          if (mounts === 'exists') {
-            if (await ctd.statSnapshot(opts.snapshotter, chainId, call)) return 'remote'
-            // AlreadyExists on our random key (or a remote snapshot that vanished): try again
-            deps.log?.warn({ key, chainId }, 'prepare answered AlreadyExists but the chain id is not there; retrying')
-            mounts = undefined
-          }
-        }
-        if (mounts === undefined || mounts === 'exists') {
-          throw new NaiadError('NAIAD_PULL_CONTAINERD', `layer ${i + 1} (${layer.digest}): the ${opts.snapshotter} snapshotter answered AlreadyExists for ${chainId} but containerd cannot find that snapshot`)
-        }
-        let outcome: LayerOutcome = 'applied'
-        try {
-          const blobLabels = { ...dist, [LABEL_UNCOMPRESSED]: diffIds[i]! }
-          if (await ctd.contentInfo(layer.digest, call) === undefined) {
-            let n = 0
-            const r = await ctd.writeContent(brief(layer), async () => {
-              const s = await source.getBlob(layer.digest, { ...(signal !== undefined ? { signal } : {}), size: layer.size })
-              s.on('data', (c: Buffer) => { n += c.length })
-              return s
-            }, blobLabels, call)
-            bytesDownloaded += n
-            if (r === 'written') outcome = 'downloaded'
-          } else {
-            await ctd.setContentLabels(layer.digest, blobLabels, call)
-          }
-          let applied: string
-          try {
-            applied = await ctd.applyLayer(brief(layer), mounts, call)
-          } catch (err) {
-            throw new NaiadError('NAIAD_PULL_APPLY', `layer ${i + 1} (${layer.digest}, ${layer.mediaType}): containerd could not apply it onto the ${opts.snapshotter} snapshot: ${(err as Error).message}`, { cause: err })
-          }
-          if (applied !== diffIds[i]) {
-            throw new NaiadError('NAIAD_PULL_DIFF_ID_MISMATCH', `layer ${i + 1} (${layer.digest}) unpacked to ${applied}, but the image config says ${diffIds[i]!}`)
-          }
-          const c = await ctd.commitSnapshot(opts.snapshotter, chainId, key, labels, call)
-          if (c === 'exists') await ctd.removeSnapshot(opts.snapshotter, key, call).catch(() => {})
-        } catch (err) {
-          await ctd.removeSnapshot(opts.snapshotter, key, { lease }).catch(() => {})
-          throw err
-        }
-        return outcome
-      }
     }
     if (!await ctd.statSnapshot(opts.snapshotter, topChain, call)) {
       throw new NaiadError('NAIAD_PULL_CONTAINERD', `after unpacking, the ${opts.snapshotter} snapshotter has no snapshot ${topChain}`)
@@ -289,6 +314,8 @@ export async function pullImage (deps: PullDeps, opts: PullOptions): Promise<Pul
     const action = await ctd.putImage(opts.reference, target, {}, call)
     deps.onProgress?.({ type: 'image', name: opts.reference, action })
   } finally {
+    signal?.removeEventListener('abort', onAbort)
+    aborter.abort(new NaiadError('NAIAD_ABORTED', 'the pull ended'))
     await ctd.deleteLease(lease).catch((err: unknown) => { deps.log?.warn({ err, lease }, 'could not delete the pull lease; it expires by itself') })
   }
   const skipped = results.filter((r) => r.outcome === 'present' || r.outcome === 'remote').length
