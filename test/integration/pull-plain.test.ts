@@ -22,9 +22,9 @@ const ready = process.getuid?.() === 0 && haveContainerd() && existsSync(NAIAD_B
 
 interface Summary { image: string, digest: string, chainId: string, layers: Array<{ outcome: string }>, skipped: number, downloaded: number, bytesDownloaded: number }
 
-async function naiad (args: string[]): Promise<{ code: number, stdout: string, stderr: string }> {
+async function naiad (args: string[], env: Record<string, string> = {}): Promise<{ code: number, stdout: string, stderr: string }> {
   try {
-    const r = await run(process.execPath, [NAIAD_BIN, ...args], { timeout: 120_000 })
+    const r = await run(process.execPath, [NAIAD_BIN, ...args], { timeout: 120_000, env: { ...process.env, ...env } })
     return { code: 0, stdout: r.stdout, stderr: r.stderr }
   } catch (err) {
     const e = err as { code?: number, stdout?: string, stderr?: string }
@@ -38,6 +38,7 @@ describe.skipIf(!ready)('naiad pull: plain OCI image into containerd through the
   let ctd: RunningContainerd | undefined
   let registry: RunningRegistry | undefined
   let ref = ''
+  let image: ReturnType<typeof buildImage> | undefined
 
   beforeAll(async () => {
     base = await mkdtemp('/tmp/naiad-pull-')
@@ -61,6 +62,7 @@ describe.skipIf(!ready)('naiad pull: plain OCI image into containerd through the
       ]
     })
     ref = pushImage(img, registry.host, 'naiad/pull-plain:1')
+    image = img
   }, 120_000)
 
   afterAll(async () => {
@@ -122,6 +124,27 @@ describe.skipIf(!ready)('naiad pull: plain OCI image into containerd through the
     expect(row).toContain(amd!.digest)
     for (const s of [amd!, arm!]) {
       expect(JSON.parse(await ctd!.ctr(NS, ['snapshots', '--snapshotter', 'nydus', 'info', s.chainId])).Kind).toBe('Committed')
+    }
+  })
+
+  it('registry credentials come from docker\'s config.json', async () => {
+    const authReg = await startRegistry({ htpasswd: { user: 'puller', password: 'pw-1234' } })
+    try {
+      const priv = pushImage(image!, authReg.host, 'naiad/private:1', 'puller:pw-1234')
+      const empty = join(base, 'docker-empty')
+      const withAuth = join(base, 'docker-auth')
+      mkdirSync(empty)
+      mkdirSync(withAuth)
+      writeFileSync(join(withAuth, 'config.json'), JSON.stringify({ auths: { [authReg.host]: { auth: Buffer.from('puller:pw-1234').toString('base64') } } }))
+      const denied = await naiad(['pull', '--address', ctd!.address, '--namespace', NS, priv], { DOCKER_CONFIG: empty })
+      expect(denied.stderr).toContain('NAIAD_REG_UNAUTHORIZED')
+      expect(denied.code).not.toBe(0)
+      const ok = await naiad(['pull', '--address', ctd!.address, '--namespace', NS, '--output', 'json', priv], { DOCKER_CONFIG: withAuth })
+      expect(ok.code, ok.stderr).toBe(0)
+      expect((JSON.parse(ok.stdout) as Summary).image).toBe(priv)
+      expect(await ctd!.ctr(NS, ['images', 'ls', '-q'])).toContain(priv)
+    } finally {
+      await authReg.stop()
     }
   })
 
