@@ -180,7 +180,7 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
     // the data blobs were not downloaded by containerd
     const pulled = proxy!.bytesServed()
     expect(pulled, `PullImage fetched ${pulled} of ${imageBytes} bytes`).toBeLessThan(imageBytes * 0.05)
-    const out = await ctd!.ctr('k8s.io', ['run', '--rm', '--snapshotter', 'nydus', criRef, 'cri-1', '/bin/busybox', 'cat', '/etc/motd', '/etc/link'])
+    const out = await ctd!.ctr('k8s.io', ['run', '--rm', '--snapshotter', 'nydus', criRef, `cri-1-${process.pid}`, '/bin/busybox', 'cat', '/etc/motd', '/etc/link'])
     expect(out).toBe('hello from a lazy naiad image\na small file\n')
     // the run read busybox and two small files through FUSE with Range requests: far less than the image
     const served = proxy!.bytesServed()
@@ -205,10 +205,10 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
     expect(s.layers.map((l) => l.outcome)).toEqual(['remote', 'remote', 'remote', 'downloaded'])
     expect(s.skipped).toBe(3)
     expect(s.layers.reduce((n, l) => n + l.size, 0)).toBe(imageBytes)
-    const out = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, 'lazy-1'])
+    const out = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, `lazy-1-${process.pid}`])
     expect(out).toBe('hello from a lazy naiad image\n')
     // another small file (its chunk may already be in the fsdaemon's cache)
-    const out2 = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, 'lazy-2', '/bin/busybox', 'cat', '/etc/passwd'])
+    const out2 = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, `lazy-2-${process.pid}`, '/bin/busybox', 'cat', '/etc/passwd'])
     expect(out2).toBe('root:x:0:0:root:/root:/bin/sh\n')
     const served = proxy!.bytesServed()
     expect(served, `registry served ${served} of ${imageBytes} bytes`).toBeLessThan(imageBytes * 0.1)
@@ -216,9 +216,9 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
 
   it('the container filesystem listing equals the OCI image run under containerd\'s overlayfs snapshotter', async () => {
     const mount = ['--mount', `type=bind,src=${listScript},dst=/naiad-list.sh,options=rbind:ro`]
-    const lazy = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', ...mount, nydusRef, 'lazy-list', '/bin/busybox', 'sh', '/naiad-list.sh'])
+    const lazy = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', ...mount, nydusRef, `lazy-list-${process.pid}`, '/bin/busybox', 'sh', '/naiad-list.sh'])
     await ctd!.ctr(NS, ['images', 'pull', '--plain-http', '--snapshotter', 'overlayfs', ociRef])
-    const plain = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'overlayfs', ...mount, ociRef, 'oci-list', '/bin/busybox', 'sh', '/naiad-list.sh'])
+    const plain = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'overlayfs', ...mount, ociRef, `oci-list-${process.pid}`, '/bin/busybox', 'sh', '/naiad-list.sh'])
     expect(plain).toContain(`/data/big.bin|regular file|644|0|0|${BIG}|1|`)
     expect(plain).toContain('/data/small.txt|regular file|640|1234|5678|13|2|')
     expect(plain).toContain('/etc/link|symbolic link|777|0|0|17|../data/small.txt')

@@ -92,7 +92,7 @@ describe.skipIf(!ready)('naiad pull: plain OCI image into containerd through the
     expect(info.Labels['containerd.io/snapshot.ref']).toBe(s.chainId)
     expect(info.Labels['containerd.io/snapshot/cri.image-ref']).toBe(ref)
     expect(info.Labels['containerd.io/snapshot/cri.manifest-digest']).toMatch(/^sha256:/)
-    const out = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', ref, 'naiad-pull-1', '/bin/sh', '-c', 'cat /a.txt /b.txt; ls /'])
+    const out = await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', ref, `naiad-pull-1-${process.pid}`, '/bin/sh', '-c', 'cat /a.txt /b.txt; ls /'])
     expect(out).toContain('layer three wins\nlayer two\n')
     expect(out).not.toContain('gone.txt')
   })
