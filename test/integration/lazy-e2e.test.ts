@@ -66,21 +66,26 @@ async function naiad (args: string[], timeoutMs = 120_000): Promise<{ code: numb
   }
 }
 
-/** runtime.v1.ImageService/PullImage on containerd's socket; returns the image ref (config id). */
-async function criPull (address: string, image: string): Promise<string> {
+/** A unary call of runtime.v1.ImageService (our proto subset) on containerd's socket. */
+async function cri<Res> (address: string, method: 'PullImage' | 'ImageStatus', req: unknown): Promise<Res> {
   const pkg = loadProto('cri/runtime/v1/images.proto') as unknown as { runtime: { v1: { ImageService: grpc.ServiceClientConstructor } } }
   const client = new pkg.runtime.v1.ImageService(`unix:${address}`, grpc.credentials.createInsecure())
   try {
-    return await new Promise<string>((resolve, reject) => {
-      const fn = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: { imageRef: string }) => void) => void>)['PullImage']!
-      fn.call(client, { image: { image } }, new grpc.Metadata(), { deadline: new Date(Date.now() + 120_000) }, (err, res) => {
+    return await new Promise<Res>((resolve, reject) => {
+      const fn = (client as unknown as Record<string, (req: unknown, md: grpc.Metadata, opts: grpc.CallOptions, cb: (err: grpc.ServiceError | null, res: Res) => void) => void>)[method]!
+      fn.call(client, req, new grpc.Metadata(), { deadline: new Date(Date.now() + 120_000) }, (err, res) => {
         if (err !== null) reject(err)
-        else resolve(res.imageRef)
+        else resolve(res)
       })
     })
   } finally {
     client.close()
   }
+}
+
+/** runtime.v1.ImageService/PullImage; returns the image ref (config digest). */
+async function criPull (address: string, image: string): Promise<string> {
+  return (await cri<{ imageRef: string }>(address, 'PullImage', { image: { image } })).imageRef
 }
 
 describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run on the nydus snapshotter', () => {
@@ -227,4 +232,21 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
     expect(lazy).toBe(plain)
   }, 120_000)
 
+  it('naiad pull --namespace k8s.io pre-pulls for the kubelet: CRI ImageStatus sees the image', async () => {
+    // a second tag of the Nydus image, so CRI has not pulled it itself
+    await run('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${registry!.host}/naiad/lazy:nydus`, `docker://${registry!.host}/naiad/lazy:prepulled`])
+    const ref = `${proxy!.host}/naiad/lazy:prepulled`
+    const r = await naiad(['pull', '--address', ctd!.address, '--namespace', 'k8s.io', '--output', 'json', ref])
+    expect(r.code, r.stderr + logs()).toBe(0)
+    const s = JSON.parse(r.stdout) as Summary & { config: string }
+    // CRI's image store follows containerd's image events
+    let status: { image: { id: string, repoTags: string[] } | null } = { image: null }
+    const deadline = Date.now() + 10_000
+    while (status.image === null && Date.now() < deadline) {
+      status = await cri(ctd!.address, 'ImageStatus', { image: { image: ref } })
+      if (status.image === null) await new Promise((resolve) => setTimeout(resolve, 200))
+    }
+    expect(status.image?.id).toBe(s.config)
+    expect(status.image?.repoTags).toContain(ref)
+  }, 60_000)
 })
