@@ -663,6 +663,23 @@ export class SchedulerService {
     return out
   }
 
+  /**
+   * False when no waiter of piece n can be given anything now: no holder (complete or receiving)
+   * has a free upload slot, the piece's or the blob's origin budget is spent, and no origin-only
+   * waiter is to be told SKIPPED. (True does not mean someone will be: `decide` has the last word.)
+   */
+  private assignable (task: TaskState, n: number): boolean {
+    const permits = task.permits.get(n)?.size ?? 0
+    if (permits < this.opts.originBudgetPerPiece && task.permitsHeld < this.opts.originConcurrencyPerTask) return true
+    if (permits > 0 || (task.holders.get(n)?.size ?? 0) > 0 || (task.receiving.get(n)?.size ?? 0) > 0) {
+      for (const s of task.waiters.get(n) ?? []) if (s.originOnly.has(n)) return true
+    }
+    const free = (id: string): boolean => { const h = this.hosts.get(id); return h !== undefined && h.assigned < Math.max(1, h.info.uploadConcurrency) }
+    for (const id of task.holders.get(n) ?? []) if (free(id)) return true
+    for (const s of task.receiving.get(n) ?? []) if (free(s.host.info.id)) return true
+    return false
+  }
+
   /** Decides one piece for one download (see the module comment); reserves what it grants. */
   private decide (s: PeerSession, n: number, wanted: ReadonlySet<number>, originOnly = false): Assignment {
     const task = s.task
@@ -732,6 +749,8 @@ export class SchedulerService {
     for (const n of [...task.waiters.keys()].sort((a, b) => a - b)) {
       const ws = task.waiters.get(n)
       if (ws === undefined) continue
+      // Most waiters wait for a piece nobody can be given yet: skip them without a decision.
+      if (!this.assignable(task, n)) continue
       // Serve first the waiters whose uplink has been idle: receiving a piece early makes them
       // relays of it, so every uplink in the swarm gets something to upload (not the same few).
       const order = [...ws].map((s, i) => ({ s, i, up: this.recentUpload(s.host, now) })).sort((x, y) => x.up - y.up || x.i - y.i).map(x => x.s)
