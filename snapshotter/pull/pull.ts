@@ -277,7 +277,7 @@ export async function pullImage (deps: PullDeps, opts: PullOptions): Promise<Pul
         throw new NaiadError('NAIAD_PULL_CONTAINERD', `layer ${i + 1} (${layer.digest}): the ${opts.snapshotter} snapshotter answered AlreadyExists for ${chainId} but containerd cannot find that snapshot`)
       }
       try {
-        for (let j = i; j < Math.min(layers.length, i + DOWNLOAD_WINDOW); j++) void fetchBlob(j)
+        for (let j = i + 1; j < Math.min(layers.length, i + DOWNLOAD_WINDOW); j++) fetchBlob(j).catch(() => {}) // awaited by layer j if it needs it
         const downloaded = await fetchBlob(i)
         let applied: string
         try {

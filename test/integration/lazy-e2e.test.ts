@@ -232,6 +232,16 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
     expect(lazy).toBe(plain)
   }, 120_000)
 
+  it('a Nydus image pulled into a snapshotter that cannot serve it fails clearly (NAIAD_PULL_APPLY) and leaves no image', async () => {
+    const r = await naiad(['pull', '--address', ctd!.address, '--namespace', 'naiadfail', '--snapshotter', 'overlayfs', `${registry!.host}/naiad/lazy:nydus`])
+    expect(r.stderr).toContain('NAIAD_PULL_APPLY')
+    expect(r.stderr).toMatch(/nydus\.blob/)
+    expect(r.code).not.toBe(0)
+    expect(await ctd!.ctr('naiadfail', ['images', 'ls', '-q'])).toBe('')
+    // the half-made extract snapshot was removed
+    expect((await ctd!.ctr('naiadfail', ['snapshots', '--snapshotter', 'overlayfs', 'ls'])).split('\n').filter((l) => l.includes('extract-'))).toEqual([])
+  }, 60_000)
+
   it('naiad pull --namespace k8s.io pre-pulls for the kubelet: CRI ImageStatus sees the image', async () => {
     // a second tag of the Nydus image, so CRI has not pulled it itself
     await run('skopeo', ['copy', '--quiet', '--src-tls-verify=false', '--dest-tls-verify=false', `docker://${registry!.host}/naiad/lazy:nydus`, `docker://${registry!.host}/naiad/lazy:prepulled`])
