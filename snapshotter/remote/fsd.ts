@@ -187,7 +187,9 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
       if (pidAlive(pid)) {
         this.#log.warn({ pid }, 'the fsdaemon did not stop in 15 s; killing it')
         try { process.kill(pid, 'SIGKILL') } catch {}
+        for (let i = 0; i < 100 && pidAlive(pid); i++) await sleep(50)
       }
+      this.#log.info({ pid, stopped: !pidAlive(pid) }, 'fsdaemon stopped')
     })()
     await this.#closed
   }
