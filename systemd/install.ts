@@ -6,7 +6,7 @@
  *
  *   <prefix>/lib/naiad/            a self-contained copy of the suite: package.json,
  *                                  package-lock.json, dist/{bin,lib,converter,fsdaemon,snapshotter,
- *                                  p2p,systemd}/*.js, lib/proto/**.proto, systemd/ (units,
+ *                                  p2p,systemd}/*.js, lib/proto/**.proto, docs/**.md, systemd/ (units,
  *                                  examples, snippet: so the installed copy can reinstall itself)
  *                                  and node_modules/ with the production dependencies only (the
  *                                  packages package-lock.json does not mark "dev", as built here:
@@ -46,6 +46,8 @@ export const CONFIGS = ['fsd.toml', 'peer.toml', 'scheduler.toml', 'snapshotter.
 export const SNIPPET = 'containerd-snippet.toml'
 /** The ExecStart binary written in the units of the repository; replaced by <prefix>/bin/naiad. */
 export const UNIT_BINARY = '/usr/local/bin/naiad'
+/** The suite's directory written in the units (Documentation=); replaced by <prefix>/lib/naiad. */
+export const UNIT_HOME = '/usr/local/lib/naiad'
 const DIST_DIRS = ['bin', 'lib', 'converter', 'fsdaemon', 'snapshotter', 'p2p', 'systemd']
 const MANIFEST = 'install-manifest.json'
 
@@ -152,6 +154,8 @@ async function wantedFiles (source: string, prefix: string, node: string): Promi
   }
   for (const rel of await walk(join(source, 'lib/proto'), (r, isDir) => isDir || r.endsWith('.proto'))) await copy(`lib/proto/${rel}`)
   for (const rel of [...UNITS, SNIPPET, ...CONFIGS.map(c => `etc/naiad/${c}`)]) await copy(`systemd/${rel}`)
+  // the units' Documentation= points here
+  if (existsSync(join(source, 'docs'))) for (const rel of await walk(join(source, 'docs'), (r, isDir) => isDir || r.endsWith('.md'))) await copy(`docs/${rel}`)
   // production dependencies, as package-lock.json lists them
   const lock = JSON.parse(await readFile(join(source, 'package-lock.json'), 'utf8')) as { packages?: Record<string, { dev?: boolean, link?: boolean }> }
   for (const [key, meta] of Object.entries(lock.packages ?? {})) {
@@ -170,7 +174,7 @@ async function wantedFiles (source: string, prefix: string, node: string): Promi
       path: `/etc/systemd/system/${u}`,
       kind: 'unit',
       mode: 0o644,
-      data: async () => Buffer.from((await readFile(join(source, 'systemd', u), 'utf8')).split(UNIT_BINARY).join(`${prefix}/bin/naiad`))
+      data: async () => Buffer.from((await readFile(join(source, 'systemd', u), 'utf8')).split(UNIT_BINARY).join(`${prefix}/bin/naiad`).split(UNIT_HOME).join(home))
     })
   }
   for (const c of CONFIGS) out.push({ path: `/etc/naiad/${c}`, kind: 'config', mode: 0o644, data: async () => await readFile(join(source, 'systemd/etc/naiad', c)) })

@@ -119,6 +119,10 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
       const text = await readFile(join(root, 'etc/systemd/system', u), 'utf8')
       expect(text).toBe(await readFile(join(source, 'systemd', u), 'utf8'))
       expect(text).toMatch(/^ExecStart=\/usr\/local\/bin\/naiad /m)
+      // Documentation= names a file the install wrote
+      const doc = /^Documentation=file:\/\/(\S+)$/m.exec(text)
+      expect(doc, u).not.toBeNull()
+      expect(existsSync(join(root, doc![1]!)), doc![1]).toBe(true)
     }
     for (const c of CONFIGS) expect(await readFile(join(root, 'etc/naiad', c), 'utf8')).toBe(await readFile(join(source, 'systemd/etc/naiad', c), 'utf8'))
     expect(await readFile(join(root, 'etc/naiad/containerd-snippet.toml'), 'utf8')).toBe(await readFile(join(REPO, 'systemd/containerd-snippet.toml'), 'utf8'))
