@@ -7,6 +7,7 @@
  */
 import { existsSync } from 'node:fs'
 import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { createServer, type AddressInfo } from 'node:net'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
@@ -96,5 +97,28 @@ describe.skipIf(!existsSync(NAIAD_BIN))('Type=notify: READY=1 only once the sock
       expect(await daemon.stop()).toBe(0)
     }
     expect(l.received.filter(n => n.fields['READY'] === '1')).toHaveLength(1)
+  })
+
+  it('a daemon that cannot listen exits non-zero and never sends READY=1', async () => {
+    const d = await mkdtemp(join(base, 'busy-'))
+    const busy = createServer()
+    await new Promise<void>((resolve) => { busy.listen(0, '127.0.0.1', resolve) })
+    try {
+      const port = (busy.address() as AddressInfo).port
+      await writeFile(join(d, 'config.toml'), `[server]\nlisten = "127.0.0.1:${port}"\n[metrics]\nlisten = ""\n[log]\nlevel = "warn"\n`)
+      const l = await startNotifyListener(join(d, 'notify.sock'))
+      listeners.push(l)
+      const daemon = startNaiad(['scheduler', '--config', join(d, 'config.toml')], { NOTIFY_SOCKET: l.socket })
+      daemons.push(daemon)
+      const code = await new Promise<number | null>((resolve) => {
+        if (daemon.child.exitCode !== null) resolve(daemon.child.exitCode)
+        else daemon.child.once('exit', (c) => { resolve(c) })
+      })
+      expect(code).not.toBe(0)
+      expect(daemon.output()).toMatch(/cannot listen/)
+      expect(l.received.filter(n => n.fields['READY'] === '1')).toEqual([])
+    } finally {
+      busy.close()
+    }
   })
 })
