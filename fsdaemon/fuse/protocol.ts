@@ -65,8 +65,12 @@ export const InitFlag = {
   READDIRPLUS_AUTO: 1 << 14,
   PARALLEL_DIROPS: 1 << 18,
   POSIX_ACL: 1 << 20,
+  /** The kernel may skip OPEN/RELEASE when the daemon answers OPEN with ENOSYS (5.1+). */
+  NO_OPEN_SUPPORT: 1 << 17,
   MAX_PAGES: 1 << 22,
   CACHE_SYMLINKS: 1 << 23,
+  /** The same for OPENDIR/RELEASEDIR (5.1+). */
+  NO_OPENDIR_SUPPORT: 1 << 24,
   INIT_EXT: 1 << 30
 } as const
 
@@ -194,10 +198,16 @@ export interface Attr {
   blksize: number
 }
 
+/** A non-negative safe integer as a little-endian u64, without a BigInt. */
+function writeU64 (b: Buffer, n: number, off: number): void {
+  b.writeUInt32LE(n % 0x100000000, off)
+  b.writeUInt32LE(Math.floor(n / 0x100000000), off + 4)
+}
+
 function writeAttr (b: Buffer, off: number, a: Attr): void {
-  b.writeBigUInt64LE(BigInt(a.ino), off)
-  b.writeBigUInt64LE(BigInt(a.size), off + 8)
-  b.writeBigUInt64LE(BigInt(a.blocks), off + 16)
+  writeU64(b, a.ino, off)
+  writeU64(b, a.size, off + 8)
+  writeU64(b, a.blocks, off + 16)
   const t = BigInt.asUintN(64, a.mtime)
   b.writeBigUInt64LE(t, off + 24) // atime
   b.writeBigUInt64LE(t, off + 32) // mtime
@@ -218,10 +228,10 @@ export interface Validity { entrySec: number, attrSec: number }
 
 export function encodeEntryOut (nodeid: number, attr: Attr | null, v: Validity, into?: Buffer, off = 0): Buffer {
   const b = into ?? Buffer.alloc(ENTRY_OUT)
-  b.writeBigUInt64LE(BigInt(nodeid), off)
-  b.writeBigUInt64LE(0n, off + 8) // generation
-  b.writeBigUInt64LE(BigInt(v.entrySec), off + 16)
-  b.writeBigUInt64LE(BigInt(v.attrSec), off + 24)
+  writeU64(b, nodeid, off)
+  writeU64(b, 0, off + 8) // generation
+  writeU64(b, v.entrySec, off + 16)
+  writeU64(b, v.attrSec, off + 24)
   b.writeUInt32LE(0, off + 32)
   b.writeUInt32LE(0, off + 36)
   if (attr !== null) writeAttr(b, off + 40, attr)
@@ -231,7 +241,7 @@ export function encodeEntryOut (nodeid: number, attr: Attr | null, v: Validity, 
 
 export function encodeAttrOut (attr: Attr, attrSec: number): Buffer {
   const b = Buffer.alloc(ATTR_OUT)
-  b.writeBigUInt64LE(BigInt(attrSec), 0)
+  writeU64(b, attrSec, 0)
   writeAttr(b, 16, attr)
   return b
 }
@@ -287,8 +297,8 @@ export function direntSize (name: Buffer): number {
 }
 
 export function writeDirent (b: Buffer, off: number, ino: number, nextOff: number, type: number, name: Buffer): number {
-  b.writeBigUInt64LE(BigInt(ino), off)
-  b.writeBigUInt64LE(BigInt(nextOff), off + 8)
+  writeU64(b, ino, off)
+  writeU64(b, nextOff, off + 8)
   b.writeUInt32LE(name.length, off + 16)
   b.writeUInt32LE(type, off + 20)
   name.copy(b, off + 24)

@@ -16,7 +16,7 @@
  * synchronous call into its own mount (it would deadlock): nothing here or above does.
  */
 import { spawn } from 'node:child_process'
-import { open as openFile, writev as writevFd, close as closeFd } from 'node:fs'
+import { open as openFile, writev as writevFd, writevSync, close as closeFd } from 'node:fs'
 import { Worker } from 'node:worker_threads'
 import { readFile, writeFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
@@ -90,6 +90,8 @@ const openP = promisify(openFile)
 const closeP = promisify(closeFd)
 
 const MAX_WRITE = 128 * 1024
+/** Replies up to this size are written synchronously (see replyThen). */
+const SYNC_REPLY_MAX = 64 * 1024
 const BUF_SIZE = MAX_WRITE + 4096 + IN_HEADER
 
 /** The reader thread (CommonJS, evaluated: no file to locate from dist/ or from source). */
@@ -199,6 +201,8 @@ export class FuseSession {
   }
 
   private onInit: (() => void) | undefined
+  private noOpen = false
+  private noOpendir = false
 
   /** Resolves when the kernel ends the session (unmount) or close() is called. */
   async done (): Promise<void> {
@@ -237,10 +241,26 @@ export class FuseSession {
     if (this.fd < 0) { done?.(); return }
     const len = OUT_HEADER + parts.reduce((s, p) => s + p.length, 0)
     // one writev: the kernel takes a reply only as a single write, and no copy of the data
-    writevFd(this.fd, [outHeader(len, -error, unique), ...parts], (err) => {
-      done?.()
+    const iov = [outHeader(len, -error, unique), ...parts]
+    const failed = (err: NodeJS.ErrnoException | null): void => {
       // ENOENT: the request was interrupted and is gone; anything else is worth a log line
       if (err !== null && err.code !== 'ENOENT' && err.code !== 'EBADF') this.deps.log.warn({ err }, 'writing a FUSE reply failed')
+    }
+    if (len <= SYNC_REPLY_MAX) {
+      // small replies (everything but file data) are written at once: a write to /dev/fuse
+      // never blocks, and a trip through libuv's threadpool would add latency to every
+      // metadata request of a walk
+      try {
+        writevSync(this.fd, iov)
+      } catch (err) {
+        failed(err as NodeJS.ErrnoException)
+      }
+      done?.()
+      return
+    }
+    writevFd(this.fd, iov, (err) => {
+      done?.()
+      failed(err)
     })
   }
 
@@ -288,6 +308,12 @@ export class FuseSession {
         if (i.major !== FUSE_KERNEL_VERSION) { this.reply(h.unique, Errno.EIO); return }
         const want = InitFlag.ASYNC_READ | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.POSIX_ACL | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS
         const flags = (want & i.flags) >>> 0
+        // the kernel can do without OPEN/OPENDIR (and their RELEASEs): answered ENOSYS once, it
+        // stops sending them and opens with FOPEN_KEEP_CACHE (| FOPEN_CACHE_DIR), which is what
+        // we would answer anyway. Saves two round trips per open(2) (find opens every directory
+        // twice). Older kernels would fail the open on ENOSYS: only when they say they can.
+        this.noOpen = (i.flags & InitFlag.NO_OPEN_SUPPORT) !== 0
+        this.noOpendir = (i.flags & InitFlag.NO_OPENDIR_SUPPORT) !== 0
         this.reply(h.unique, 0, encodeInitOut({
           minor: Math.min(i.minor, FUSE_KERNEL_MINOR),
           maxReadahead: Math.min(i.maxReadahead, this.opts.maxRead),
@@ -325,6 +351,8 @@ export class FuseSession {
         const flags = req.length >= IN_HEADER + 4 ? req.readUInt32LE(IN_HEADER) : 0
         if ((flags & 3) !== 0 || (flags & 0o1000) !== 0) throw new FuseErrno(Errno.EROFS)
         await fs.open(h.nodeid, flags)
+        // (the mount is read-only: the kernel refuses opens for writing before asking)
+        if (this.noOpen) throw new FuseErrno(Errno.ENOSYS)
         this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE))
         return
       }
@@ -351,6 +379,7 @@ export class FuseSession {
         return
       case Op.OPENDIR:
         await fs.opendir(h.nodeid)
+        if (this.noOpendir) throw new FuseErrno(Errno.ENOSYS)
         this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE | OpenFlag.CACHE_DIR))
         return
       case Op.READDIR:
