@@ -3,6 +3,7 @@
  * only parses flags.
  */
 import { Option, type Command } from 'commander'
+import { NaiadError } from '../../lib/errors/index.ts'
 import { DEFAULT_CONTAINERD_ADDRESS, runPull, type Io, type PullCliOptions } from './main.ts'
 
 export function registerPullCommand (program: Command, io: Io, setExit: (code: number) => void): void {
@@ -18,15 +19,18 @@ export function registerPullCommand (program: Command, io: Io, setExit: (code: n
     .addOption(new Option('--log-level <level>', 'log level (stderr)').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .option('--debug', 'print the cause chain of errors')
     .action(async (ref: string, o: PullCliOptions) => {
+      // a signal stops the pull: the lease is dropped (what it held is collected) and no image
+      // record is made
       const ac = new AbortController()
-      const onSig = (): void => { ac.abort(new Error('interrupted')) }
-      process.once('SIGINT', onSig)
-      process.once('SIGTERM', onSig)
+      const onSigint = (): void => { ac.abort(new NaiadError('NAIAD_ABORTED', 'naiad pull interrupted by SIGINT')) }
+      const onSigterm = (): void => { ac.abort(new NaiadError('NAIAD_ABORTED', 'naiad pull interrupted by SIGTERM')) }
+      process.once('SIGINT', onSigint)
+      process.once('SIGTERM', onSigterm)
       try {
         setExit(await runPull(ref, o, io, ac.signal))
       } finally {
-        process.off('SIGINT', onSig)
-        process.off('SIGTERM', onSig)
+        process.off('SIGINT', onSigint)
+        process.off('SIGTERM', onSigterm)
       }
     })
 }

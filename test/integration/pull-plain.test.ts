@@ -5,7 +5,8 @@
  * `ctr images ls`, and `ctr run --snapshotter nydus` runs the container. A second pull finds
  * every layer unpacked. Errors: containerd unreachable, unknown snapshotter, missing image.
  */
-import { execFile } from 'node:child_process'
+import { execFile, spawn } from 'node:child_process'
+import http from 'node:http'
 import { chmodSync, copyFileSync, existsSync, mkdirSync, symlinkSync, writeFileSync } from 'node:fs'
 import { mkdtemp, rm } from 'node:fs/promises'
 import { join } from 'node:path'
@@ -145,6 +146,42 @@ describe.skipIf(!ready)('naiad pull: plain OCI image into containerd through the
       expect(await ctd!.ctr(NS, ['images', 'ls', '-q'])).toContain(priv)
     } finally {
       await authReg.stop()
+    }
+  })
+
+  it('SIGINT during a layer download: exit with NAIAD_ABORTED, the lease is gone, no image record, no active snapshot', async () => {
+    const img = buildImage({ workDir: join(base, 'intr'), layers: [(root) => { writeFileSync(join(root, 'x.txt'), `interrupted ${Date.now()}\n`) }] })
+    pushImage(img, registry!.host, 'naiad/pull-intr:1')
+    // a proxy in front of the registry that lets the config blob through and holds every later blob GET
+    let blobGets = 0
+    let held: (() => void) | undefined
+    const heldReq = new Promise<void>((resolve) => { held = resolve })
+    const [rHost, rPort] = registry!.host.split(':') as [string, string]
+    const proxy = http.createServer((req, res) => {
+      if (req.method === 'GET' && req.url?.includes('/blobs/') === true && ++blobGets > 1) { held?.(); return } // never answered
+      const up = http.request({ host: rHost, port: Number(rPort), method: req.method, path: req.url, headers: req.headers }, (ur) => { res.writeHead(ur.statusCode ?? 502, ur.rawHeaders); ur.pipe(res) })
+      up.on('error', () => { res.destroy() })
+      req.pipe(up)
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    const port = (proxy.address() as { port: number }).port
+    const ref2 = `127.0.0.1:${port}/naiad/pull-intr:1`
+    try {
+      const child = spawn(process.execPath, [NAIAD_BIN, 'pull', '--address', ctd!.address, '--namespace', NS, ref2], { stdio: ['ignore', 'pipe', 'pipe'] })
+      let stderr = ''
+      child.stderr.on('data', (c: Buffer) => { stderr += c.toString() })
+      const exited = new Promise<number | null>((resolve) => child.once('exit', resolve))
+      await heldReq
+      child.kill('SIGINT')
+      const code = await exited
+      expect(stderr).toContain('NAIAD_ABORTED')
+      expect(code).not.toBe(0)
+      expect(await ctd!.ctr(NS, ['images', 'ls', '-q'])).not.toContain(ref2)
+      expect((await ctd!.ctr(NS, ['leases', 'ls'])).split('\n').filter((l) => l.startsWith('naiad-pull-'))).toEqual([])
+      expect((await ctd!.ctr(NS, ['snapshots', '--snapshotter', 'nydus', 'ls'])).split('\n').filter((l) => l.includes('extract-'))).toEqual([])
+    } finally {
+      proxy.closeAllConnections()
+      await new Promise((resolve) => proxy.close(resolve))
     }
   })
 
