@@ -14,9 +14,11 @@
  *                                  this machine's architecture and Node ABI).
  *   <prefix>/bin/naiad             a /bin/sh wrapper: exec <this node binary> <prefix>/lib/naiad/dist/bin/naiad.js
  *   /etc/systemd/system/naiad-{snapshotter,peer,scheduler}.service   (ExecStart = the wrapper)
- *   /etc/naiad/{fsd,peer,scheduler,snapshotter}.toml   examples; never overwritten: when an
- *                                  operator's file differs, the new example is written beside it
- *                                  as <name>.toml.new and the report says so
+ *   /etc/naiad/{fsd,peer,scheduler,snapshotter}.toml   examples; an operator's edits are never
+ *                                  overwritten: when the file differs from the new example and
+ *                                  from what an earlier install wrote, the new example is written
+ *                                  beside it as <name>.toml.new and the report says so (a file
+ *                                  still as installed is updated, as dpkg does with conffiles)
  *   /etc/naiad/containerd-snippet.toml   what to merge into /etc/containerd/config.toml
  *   <prefix>/lib/naiad/install-manifest.json   every file written (with its sha256) and every
  *                                  directory created: what uninstall removes, and what a later
@@ -354,7 +356,10 @@ async function installUnder (o: InstallOptions): Promise<Report> {
     // a configuration
     const data = await w.data()
     const cur = await current(target)
-    if (cur !== undefined && !cur.data.equals(data)) {
+    // as dpkg does with conffiles: a configuration still as an earlier install wrote it is ours to
+    // update; one the operator changed is theirs
+    const pristine = cur !== undefined && known.get(w.path)?.kind === 'config' && known.get(w.path)?.sha256 === sha256(cur.data)
+    if (cur !== undefined && !cur.data.equals(data) && !pristine) {
       // the operator's configuration: keep it, put the new example beside it
       const neu: Wanted = { ...w, path: `${w.path}.new`, kind: 'config-new' }
       const curNew = await current(join(root, neu.path))
@@ -379,7 +384,7 @@ async function installUnder (o: InstallOptions): Promise<Report> {
       if (cur?.mode === -1) await rm(target, { recursive: true, force: true })
       await writeAtomic(target, data, w.mode)
     }
-    changes.push({ action: cur === undefined ? 'create' : 'update', path: w.path, kind: w.kind })
+    changes.push({ action: cur === undefined ? 'create' : 'update', path: w.path, kind: w.kind, ...(pristine ? { note: 'unchanged since installed: the new example replaces it' } : {}) })
   }
 
   // files of the previous install the new one no longer has (an upgrade): remove

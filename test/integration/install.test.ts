@@ -7,6 +7,7 @@
  * it was.
  */
 import { execFile, spawn } from 'node:child_process'
+import { createHash } from 'node:crypto'
 import { existsSync } from 'node:fs'
 import { cp, lstat, mkdir, mkdtemp, readdir, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
@@ -209,17 +210,25 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
     expect(again.stdout).toContain('/etc/naiad/peer.toml  (yours differs from the example; the example is /etc/naiad/peer.toml.new)')
   })
 
-  it('an upgrade removes files the new version no longer has', async () => {
+  it('an upgrade removes files the new version no longer has and updates configurations nobody edited', async () => {
     const home = join(root, 'usr/local/lib/naiad')
     const m = JSON.parse(await readFile(join(home, 'install-manifest.json'), 'utf8')) as { files: Array<{ path: string, sha256: string, kind: string, mode: number }>, dirs: string[] }
     await mkdir(join(home, 'dist/gone'))
     await writeFile(join(home, 'dist/gone/old.js'), 'old')
     m.files.push({ path: '/usr/local/lib/naiad/dist/gone/old.js', sha256: '', kind: 'program', mode: 0o644 })
     m.dirs.push('/usr/local/lib/naiad/dist/gone')
+    // scheduler.toml as an older version's install wrote it, never edited: the new example replaces it
+    const older = '# an older example\nversion = 1\n'
+    await writeFile(join(root, 'etc/naiad/scheduler.toml'), older)
+    const rec = m.files.find(f => f.path === '/etc/naiad/scheduler.toml')!
+    rec.sha256 = createHash('sha256').update(older).digest('hex')
     await writeFile(join(home, 'install-manifest.json'), JSON.stringify(m))
     const r = await naiad('install', '--root', root)
     expect(r.stdout).toContain('- /usr/local/lib/naiad/dist/gone/old.js')
     expect(existsSync(join(home, 'dist/gone'))).toBe(false)
+    expect(r.stdout).toContain('~ /etc/naiad/scheduler.toml  (unchanged since installed: the new example replaces it)')
+    expect(await readFile(join(root, 'etc/naiad/scheduler.toml'), 'utf8')).toBe(await readFile(join(source, 'systemd/etc/naiad/scheduler.toml'), 'utf8'))
+    expect(existsSync(join(root, 'etc/naiad/scheduler.toml.new'))).toBe(false)
   })
 
   it('refuses to replace files it did not write (NAIAD_INSTALL_CONFLICT)', async () => {
