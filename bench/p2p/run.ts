@@ -47,7 +47,8 @@ const { values: a } = parseArgs({
     'origin-per-task': { type: 'string' },
     'origin-per-peer': { type: 'string' },
     'origin-read-ahead': { type: 'string' },
-    'cpu-prof': { type: 'string' }
+    'cpu-prof': { type: 'string' },
+    'peer-node-options': { type: 'string' }
   }
 })
 
@@ -76,6 +77,12 @@ function opt (key: string, v: string | undefined): string[] {
 const S = parseSize(a.size) ?? 0
 const RATE = Number(a.rate)
 const BPS = RATE * 1e6 / 8
+
+/** /proc/stat's first line: user nice system idle iowait irq softirq steal (ticks of 10 ms). */
+async function cpuTicks (): Promise<number[]> {
+  const { readFile } = await import('node:fs/promises')
+  return (await readFile('/proc/stat', 'utf8')).split('\n')[0]?.trim().split(/\s+/).slice(1, 9).map(Number) ?? []
+}
 
 function bound (n: number): number {
   const O = BPS
@@ -134,14 +141,17 @@ async function runOne (n: number): Promise<Row> {
         '[log]', `level = "${a['log-level']}"`
       ].join('\n') + '\n')
       const prof = a['cpu-prof'] !== undefined && (h === 'p1' || h === 'p9') ? ['--cpu-prof', '--cpu-prof-dir', a['cpu-prof'], '--cpu-prof-name', `peer-${h}.cpuprofile`] : []
-      children.push(lab.spawn(h, process.execPath, [...prof, NAIAD, 'peer', '--config', cfg], { logFile: join(dir, `${h}.log`) }))
+      const nodeOpts = a['peer-node-options']?.split(' ').filter(x => x !== '') ?? []
+      children.push(lab.spawn(h, process.execPath, [...nodeOpts, ...prof, NAIAD, 'peer', '--config', cfg], { logFile: join(dir, `${h}.log`) }))
       await lab.waitHttp(h, 'http://127.0.0.1:65001/healthz')
     }))
     await new Promise(resolve => setTimeout(resolve, 1500))
     const before = await registry.blobBytes(digest)
+    const stat0 = await cpuTicks()
     const t0 = performance.now()
     const rs = await Promise.all(names.map(async h => await read(h, 'http://127.0.0.1:65001', registry.url)))
     const p2pSeconds = (performance.now() - t0) / 1000
+    const stat1 = await cpuTicks()
     await new Promise(resolve => setTimeout(resolve, 500))
     const registryRatio = (await registry.blobBytes(digest) - before) / S
     if (a.verbose) {
@@ -157,6 +167,8 @@ async function runOne (n: number): Promise<Row> {
         return (Number(f[11] ?? 0) + Number(f[12] ?? 0)) / 100
       }
       const peerCpu = await Promise.all(children.slice(1).map(async c => await cpu(c.pid)))
+      const d = stat1.map((v, i) => (v - (stat0[i] ?? 0)) / 100)
+      process.stderr.write(`  machine cpu seconds during the reads (every process, 2 cores = ${(2 * p2pSeconds).toFixed(0)}): user ${((d[0] ?? 0) + (d[1] ?? 0)).toFixed(0)}, system ${(d[2] ?? 0).toFixed(0)}, softirq ${(d[6] ?? 0).toFixed(0)}, idle ${(d[3] ?? 0).toFixed(0)}, steal ${(d[7] ?? 0).toFixed(0)}\n`)
       process.stderr.write(`  cpu seconds: scheduler ${(await cpu(children[0]?.pid)).toFixed(1)}, peers ${peerCpu.reduce((x, y) => x + y, 0).toFixed(1)} (max ${Math.max(...peerCpu).toFixed(1)})\n`)
       const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
       process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')}\n`)
