@@ -61,6 +61,8 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
   readonly #log: Logger
   readonly #o: FsdRemoteOptions
   readonly #client: FsdClient
+  /** For questions that must not hold up a prepare or the start-up (daemon, list). */
+  readonly #quick: FsdClient
   #starting: Promise<void> | undefined
   #lastPid: number | undefined
   #closed: Promise<void> | undefined
@@ -69,17 +71,21 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     this.#log = deps.log.child({ component: 'snapshotter.fsd' })
     this.#o = options
     this.#client = new FsdClient({ socketPath: options.socket, timeoutMs: 120_000 })
+    this.#quick = new FsdClient({ socketPath: options.socket, timeoutMs: 5000 })
   }
 
   /** Makes sure an fsdaemon answers on the socket, starting one if allowed. Returns its pid. */
   async ensure (signal?: AbortSignal): Promise<number> {
     try {
-      const info = await new FsdClient({ socketPath: this.#o.socket, timeoutMs: 5000 }).daemon(signal)
+      const info = await this.#quick.daemon(signal)
       this.#lastPid = info.pid
       return info.pid
     } catch (err) {
       if (!hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) throw err
       if (!this.#o.start) throw err
+      // only when nobody listens: a daemon that is merely slow must not get a second one beside it
+      const code = ((err as Error).cause as NodeJS.ErrnoException | undefined)?.code
+      if (code !== 'ECONNREFUSED' && code !== 'ENOENT') throw err
     }
     this.#starting ??= this.#start(signal).finally(() => { this.#starting = undefined })
     await this.#starting
@@ -139,7 +145,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
   async alive (mountpoint: string, opts: RemoteOptions = {}): Promise<boolean> {
     let mounts
     try {
-      mounts = await this.#client.list(opts.signal)
+      mounts = await this.#quick.list(opts.signal)
     } catch (err) {
       if (hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) return false
       throw err
@@ -157,7 +163,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
   /** The mounts of a running fsdaemon; none (and no daemon started) when it does not answer. */
   async list (opts: RemoteOptions = {}): Promise<Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }>> {
     try {
-      return (await this.#client.list(opts.signal)).map((m) => ({ mountpoint: m.mountpoint, labels: m.labels }))
+      return (await this.#quick.list(opts.signal)).map((m) => ({ mountpoint: m.mountpoint, labels: m.labels }))
     } catch (err) {
       if (hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) return []
       throw err
