@@ -8,8 +8,9 @@
  *      same registry;
  *   4. bytes fetched to run `python3 -c 'print("hello")'` from an image holding a Python runtime,
  *      against the image's size.
- * Each of 1–3 runs --rounds times (default 3; the table shows the best round and the range):
- * the machine may be shared, and the best round is the least disturbed one.
+ * Each of 1–3 runs --rounds times (default 3): the table shows the best time of each side and
+ * the range, and the median (and range) of the per-round ratios, each round's pair measured back to
+ * back (the machine may be shared).
  * Usage (root): npm run bench:fsd [-- --size 256MiB --files 10000 --rounds 3 --only cold,warm,walk,python
  *   --profile DIR (the daemons run with --cpu-prof, profiles in DIR)
  *   --perf DIR (perf record -a -g of the machine during the cold and warm reads)
@@ -156,6 +157,12 @@ async function main (): Promise<void> {
 
     const best = (xs: number[]): number => Math.min(...xs)
     const span = (xs: number[], f: (x: number) => string): string => xs.length > 1 ? ` (${f(Math.min(...xs))}–${f(Math.max(...xs))} over ${xs.length} rounds)` : ''
+    /** baseline ÷ naiad per round (each pair measured back to back): the median, and the range. */
+    const ratio = (base: number[], ours: number[]): string => {
+      const r = ours.map((o, i) => base[i]! / o).sort((a, b) => a - b)
+      const med = r.length % 2 === 1 ? r[(r.length - 1) / 2]! : (r[r.length / 2 - 1]! + r[r.length / 2]!) / 2
+      return r.length > 1 ? `${med.toFixed(2)}× (${r[0]!.toFixed(2)}–${r[r.length - 1]!.toFixed(2)})` : `${med.toFixed(2)}×`
+    }
     // 3. cold read through the registry vs curl of the blob; each round a new daemon and cache
     // (the warm read uses the last round's cache)
     let coldCache = ''
@@ -178,7 +185,7 @@ async function main (): Promise<void> {
       }
       const s = best(reads)
       const c = best(curls)
-      row(`cold read ${mib} MiB through the registry source`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)${span(reads, x => x.toFixed(2))}`, `curl of the ${(blob.compressedSize / 2 ** 20).toFixed(0)} MiB blob`, `${c.toFixed(2)} s${span(curls, x => x.toFixed(2))}`, `${(c / s).toFixed(2)}×`)
+      row(`cold read ${mib} MiB through the registry source`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)${span(reads, x => x.toFixed(2))}`, `curl of the ${(blob.compressedSize / 2 ** 20).toFixed(0)} MiB blob`, `${c.toFixed(2)} s${span(curls, x => x.toFixed(2))}`, ratio(curls, reads))
     }
     // 1. warm read: chunks in the disk cache (from the cold run), FUSE page cache empty (dropped
     // between rounds, then the cache file read into the page cache again)
@@ -200,7 +207,7 @@ async function main (): Promise<void> {
       const s = best(reads)
       const base = best(bases)
       const mbs = (t: number): string => `${(mib / t).toFixed(0)}`
-      row(`warm sequential read ${mib} MiB (chunks cached on disk)`, `${s.toFixed(3)} s (${mbs(s)} MiB/s)${span(reads, x => x.toFixed(3))}`, 'dd of the cache file', `${base.toFixed(3)} s (${(statSync(data).size / 2 ** 20 / base).toFixed(0)} MiB/s)${span(bases, x => x.toFixed(3))}`, `${(base / s).toFixed(2)}×`)
+      row(`warm sequential read ${mib} MiB (chunks cached on disk)`, `${s.toFixed(3)} s (${mbs(s)} MiB/s)${span(reads, x => x.toFixed(3))}`, 'dd of the cache file', `${base.toFixed(3)} s (${(statSync(data).size / 2 ** 20 / base).toFixed(0)} MiB/s)${span(bases, x => x.toFixed(3))}`, ratio(bases, reads))
       await d.stop()
     }
     // 2. metadata walk; each round a newly started daemon: its first walk is cold (kernel and
@@ -225,8 +232,8 @@ async function main (): Promise<void> {
       }
       const base = best(bases)
       const ms = (x: number): string => (x * 1000).toFixed(0)
-      row(`find + lstat over ${FILES} files, cold kernel caches`, `${ms(best(colds))} ms${span(colds, ms)}`, 'local filesystem (warm)', `${ms(base)} ms${span(bases, ms)}`, `${(base / best(colds)).toFixed(2)}×`)
-      row(`find + lstat over ${FILES} files, warm kernel caches`, `${ms(best(warms))} ms${span(warms, ms)}`, 'local filesystem (warm)', `${ms(base)} ms`, `${(base / best(warms)).toFixed(2)}×`)
+      row(`find + lstat over ${FILES} files, cold kernel caches`, `${ms(best(colds))} ms${span(colds, ms)}`, 'local filesystem (warm)', `${ms(base)} ms${span(bases, ms)}`, ratio(bases, colds))
+      row(`find + lstat over ${FILES} files, warm kernel caches`, `${ms(best(warms))} ms${span(warms, ms)}`, 'local filesystem (warm)', `${ms(base)} ms`, ratio(bases, warms))
     }
     // 4. python hello: bytes fetched vs image size
     if (ONLY.has('python')) {
