@@ -177,7 +177,10 @@ export class LocalSnapshotter implements Snapshotter {
       try {
         if (have?.mode === 'fuse' && await this.#remote.alive(mp, { ...(signal !== undefined ? { signal } : {}) })) return mp
         if (have?.mode === 'fuse') this.#log.warn({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'the FUSE mount of the image is gone (fsdaemon restarted or killed); mounting it again')
-        await mkdir(mp, { recursive: true, mode: 0o755 })
+        await mkdir(mp, { recursive: true, mode: 0o755 }).catch((err: NodeJS.ErrnoException) => {
+          // the stale mount of a dead fsdaemon is still there: the fsdaemon detaches it before mounting
+          if (err.code !== 'ENOTCONN' && err.code !== 'ECONNABORTED') throw err
+        })
         await this.#remote.mount(mp, image, { ...(signal !== undefined ? { signal } : {}) })
         s.setRemoteLower({ snapshotId: id, mode: 'fuse', image: image.image, path: mp })
         this.#log.info({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'image mounted lazily')

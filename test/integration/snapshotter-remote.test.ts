@@ -193,7 +193,7 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     expect([...fsdPids].some(pidAlive), readFileSync(o.logFile, 'utf8').slice(-3000)).toBe(false) // stopOnClose
   }, 120_000)
 
-  it('over gRPC: kill -9 of the snapshotter leaves the mount serving and the restart re-adopts it; kill -9 of the fsdaemon: the next prepare restarts it and remounts', async () => {
+  it('over gRPC: kill -9 of the snapshotter leaves the mount serving and the restart re-adopts it; kill -9 of the fsdaemon: the next prepare restarts it and remounts; both killed: the restart remounts at start-up; cleanup unmounts strays', async () => {
     const base = join(work, 'grpc')
     mkdirSync(base, { recursive: true })
     const o = fsdOptions('grpc')
@@ -256,6 +256,25 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
       await um3()
     }
     await c.remove('c1')
+    // both die (kill -9) while c3 still uses the image: the restarted snapshotter starts a new
+    // fsdaemon and remounts the image at start-up, before any prepare
+    const lowerdir = m3[0]!.options.find((x) => x.startsWith('lowerdir='))!.slice('lowerdir='.length)
+    process.kill(pid2, 'SIGKILL')
+    await d.kill()
+    for (let i = 0; i < 100 && pidAlive(pid2); i++) await new Promise((resolve) => setTimeout(resolve, 20))
+    d = await start()
+    await d.waitFor('image lower directory checked after start')
+    const pid3 = (await fsd.daemon()).pid
+    fsdPids.add(pid3)
+    expect(pid3).not.toBe(pid2)
+    expect((await fsd.list()).map((m) => m.mountpoint)).toEqual([lowerdir])
+    expect((await exec('cat', [join(lowerdir, 'etc', 'hostname')])).stdout).toBe('naiad\n')
+    // a mount of ours that no snapshot uses (as after a crash between mount and record) goes at cleanup
+    const stray = join(base, 'root', 'snapshots', '999999', 'mnt')
+    await fsd.mount({ mountpoint: stray, bootstrap: join(lowerdir, '..', 'fs', 'image', 'image.boot'), image: imageRef, labels: { 'naiad.io/snapshotter-root': join(base, 'root'), 'naiad.io/snapshot-id': '999999' } })
+    expect(await fsd.list()).toHaveLength(2)
+    await c.cleanup()
+    expect((await fsd.list()).map((m) => m.mountpoint)).toEqual([lowerdir])
     await c.remove('c3')
     expect(await fsd.list()).toEqual([])
     await c.close()
@@ -263,7 +282,7 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     await d.stop()
     d = await start('--stop-fsdaemon')
     expect(await d.stop(30_000)).toBe(0)
-    expect(pidAlive(pid2)).toBe(false)
+    expect(pidAlive(pid3)).toBe(false)
   }, 120_000)
 
   it('fallback: the fsdaemon cannot be started → the container prepare downloads the image in full and the overlay is still correct; with the registry unreachable too, a clear error', async () => {
