@@ -10,8 +10,8 @@
  * - it is a bad parent: `recentFailures >= badParentFailures`;
  * - taking it would close a cycle: the candidate is itself (transitively) waiting on the child for
  *   any of the wanted pieces (edges of in-flight transfers, labelled with their pieces);
- * - it is the only source of other pieces peers are waiting for (`uniqueDemand > 0`) while another
- *   candidate is not: its uplink is kept for the pieces nobody else can serve. Without this, the
+ * - it is the only source of other pieces other downloads of the task will want (`uniqueDemand >
+ *   0`) while another candidate is not: its uplink is kept for the pieces nobody else can serve. Without this, the
  *   peer that fetched the newest pieces from the origin spends its uplink on copies others could
  *   make, and the newest pieces spread late.
  *
@@ -39,7 +39,7 @@ export interface CandidateHost {
   bandwidth?: number
   /** Bytes it uploaded recently (decayed); 0 if unknown. */
   recentUploadBytes?: number
-  /** Other pieces of the task that only it holds and that peers are waiting for. */
+  /** Other pieces of the task that only it holds (or receives) while other downloads are open. */
   uniqueDemand?: number
   /** It is still receiving the piece (it relays verified blocks as they arrive): half availability. */
   partial?: boolean

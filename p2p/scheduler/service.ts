@@ -647,17 +647,32 @@ export class SchedulerService {
     return out
   }
 
-  /** For each host, how many pieces (other than `except`) peers wait for that only it holds. */
+  /**
+   * For each host, how many pieces of the task (other than `except`) only it holds or receives
+   * while other downloads of the task are open — pieces they will want and nobody else can send
+   * (the newest pieces from the origin, a seed's blob). Not only the pieces someone waits for
+   * right now: the peer ahead of the readers (origin read-ahead) must keep its uplink for first
+   * copies, not spend it on copies others could make.
+   */
   private uniqueDemand (task: TaskState, except: number): Map<string, number> {
     const out = new Map<string, number>()
-    for (const [p, ws] of task.waiters) {
-      if (p === except || ws.size === 0) continue
+    if (task.sessions.size < 2) return out
+    const count = task.pieceCount() ?? 0
+    for (let p = 0; p < count; p++) {
+      if (p === except) continue
       const complete = task.holders.get(p)
       const receiving = task.receiving.get(p)
-      if ((complete?.size ?? 0) + (receiving?.size ?? 0) === 0) continue
-      const hs = receiving === undefined ? (complete ?? new Set<string>()) : new Set([...(complete ?? []), ...this.partialHolders(task, p)])
-      if (hs.size !== 1) continue
-      const [only] = hs
+      const c = complete?.size ?? 0
+      const r = receiving?.size ?? 0
+      if (c + r === 0 || c > 1 || r > 1) continue
+      let only: string | undefined
+      if (r === 0) [only] = complete as Set<string>
+      else {
+        const [s] = receiving as Set<PeerSession>
+        const id = s?.host.info.id
+        if (c === 1 && complete?.has(id ?? '') !== true) continue
+        only = id
+      }
       if (only !== undefined) out.set(only, (out.get(only) ?? 0) + 1)
     }
     return out
