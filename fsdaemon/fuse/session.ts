@@ -84,7 +84,13 @@ export interface FuseSessionOptions {
   readAheadKb?: number
 }
 
-export interface FuseStats { requests: number, errors: number, bytesRead: number }
+export interface FuseStats {
+  requests: number
+  errors: number
+  bytesRead: number
+  /** OPEN and OPENDIR requests (the kernel stops sending them once answered ENOSYS). */
+  opens: number
+}
 
 const openP = promisify(openFile)
 const closeP = promisify(closeFd)
@@ -146,7 +152,7 @@ export class FuseSession {
   private closed: Promise<void> | undefined
   private loopDone: Promise<void> | undefined
   private initDone = false
-  private readonly stats: FuseStats = { requests: 0, errors: 0, bytesRead: 0 }
+  private readonly stats: FuseStats = { requests: 0, errors: 0, bytesRead: 0, opens: 0 }
   private readonly workers = new Set<Worker>()
   private readonly opts: Required<Omit<FuseSessionOptions, 'fsname'>> & { fsname: string }
 
@@ -348,6 +354,7 @@ export class FuseSession {
         this.reply(h.unique, 0, await fs.readlink(h.nodeid))
         return
       case Op.OPEN: {
+        this.stats.opens++
         const flags = req.length >= IN_HEADER + 4 ? req.readUInt32LE(IN_HEADER) : 0
         if ((flags & 3) !== 0 || (flags & 0o1000) !== 0) throw new FuseErrno(Errno.EROFS)
         await fs.open(h.nodeid, flags)
@@ -378,6 +385,7 @@ export class FuseSession {
         this.reply(h.unique, 0)
         return
       case Op.OPENDIR:
+        this.stats.opens++
         await fs.opendir(h.nodeid)
         if (this.noOpendir) throw new FuseErrno(Errno.ENOSYS)
         this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE | OpenFlag.CACHE_DIR))

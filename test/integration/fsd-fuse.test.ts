@@ -74,4 +74,15 @@ describe('FUSE session over the Nydus fixture', () => {
     const df = await run('stat', ['-f', '-c', '%b %S', mnt])
     expect(df.stdout.trim()).toBe('9 4096')
   })
+
+  it('opens files and directories without a round trip each: OPEN and OPENDIR are asked at most once', async () => {
+    for (let i = 0; i < 3; i++) {
+      await run('cat', [join(mnt, 'lib.rs'), join(mnt, 'sync_io.rs')])
+      await run('ls', ['-la', mnt])
+      await run('find', [mnt, '-type', 'f'])
+    }
+    // answered ENOSYS once each, then the kernel opens by itself (6 file opens, 9+ directory opens)
+    expect(session.statistics().opens).toBeLessThanOrEqual(2)
+    await expect(run('dd', ['if=/dev/zero', `of=${join(mnt, 'lib.rs')}`, 'count=1', 'conv=notrunc'])).rejects.toMatchObject({ stderr: expect.stringContaining('Read-only') })
+  })
 })
