@@ -126,6 +126,7 @@ export const WRITTEN = 'written' as const
 export class Unwritten {
   constructor (readonly data: Buffer, readonly cause: string) {}
 }
+
 interface PoolWorker { worker: Worker, jobs: Map<number, Job> }
 
 export interface ChunkDecodePoolOptions {
@@ -151,8 +152,8 @@ export class ChunkDecodePool {
   /**
    * Decodes `refs` (sorted by compressed offset, all inside `data`, whose first byte is at
    * `dataStart` in the blob). `owned`: the caller hands `data` over (its ArrayBuffer may be
-   * transferred to a worker and detached here); otherwise it is copied. Never rejects: every
-   * chunk's entry is its bytes or its error.
+   * transferred to a worker and detached here); otherwise it is copied. Every chunk's entry is
+   * its bytes or its error; rejects only for a ref outside `data` (NAIAD_INTERNAL, a caller bug).
    */
   async decode (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<Array<Buffer | NaiadError>> {
     return await this.run(refs, data, dataStart, owned, undefined) as Array<Buffer | NaiadError>
