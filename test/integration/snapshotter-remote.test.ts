@@ -177,6 +177,18 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
         // mounts() is idempotent
         expect(await sn.mounts('container-2')).toEqual(m2)
         await sn.remove('container-2')
+        // a view of the image is a read-only bind of the FUSE mount
+        const v = await sn.view('view-1', top.chainId)
+        expect(v).toEqual([{ type: 'bind', source: served[0]!.mountpoint, options: ['ro', 'rbind'] }])
+        const vmnt = join(work, 'inproc', 'v1')
+        const unview = await mountAll(v, vmnt)
+        try {
+          expect((await exec('cat', [join(vmnt, 'etc', 'hostname')])).stdout).toBe('naiad\n')
+          await expect(exec('sh', ['-c', `echo x > ${join(vmnt, 'etc', 'new')}`])).rejects.toMatchObject({ stderr: expect.stringMatching(/Read-only/) })
+        } finally {
+          await unview()
+        }
+        await sn.remove('view-1')
         expect(await fsd.list()).toHaveLength(1)
       } finally {
         await umount()
