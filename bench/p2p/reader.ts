@@ -121,6 +121,7 @@ process.stdout.write(JSON.stringify({
   firstByteMs: firstByteMs !== undefined ? Math.round(firstByteMs) : null,
   requests,
   errors,
+  cpuMs: Math.round((process.cpuUsage().user + process.cpuUsage().system) / 1000),
   ...(failure !== undefined ? { error: failure instanceof Error ? failure.message : String(failure) } : {})
 }) + '\n')
 await dispatcher.close()

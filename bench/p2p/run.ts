@@ -52,7 +52,7 @@ const { values: a } = parseArgs({
   }
 })
 
-interface ReadResult { ok: boolean, ms: number, errors: number, error?: string }
+interface ReadResult { ok: boolean, ms: number, errors: number, cpuMs?: number, error?: string }
 
 interface Row {
   n: number
@@ -169,7 +169,7 @@ async function runOne (n: number): Promise<Row> {
       const peerCpu = await Promise.all(children.slice(1).map(async c => await cpu(c.pid)))
       const d = stat1.map((v, i) => (v - (stat0[i] ?? 0)) / 100)
       process.stderr.write(`  machine cpu seconds during the reads (every process, 2 cores = ${(2 * p2pSeconds).toFixed(0)}): user ${((d[0] ?? 0) + (d[1] ?? 0)).toFixed(0)}, system ${(d[2] ?? 0).toFixed(0)}, softirq ${(d[6] ?? 0).toFixed(0)}, idle ${(d[3] ?? 0).toFixed(0)}, steal ${(d[7] ?? 0).toFixed(0)}\n`)
-      process.stderr.write(`  cpu seconds: scheduler ${(await cpu(children[0]?.pid)).toFixed(1)}, peers ${peerCpu.reduce((x, y) => x + y, 0).toFixed(1)} (max ${Math.max(...peerCpu).toFixed(1)})\n`)
+      process.stderr.write(`  cpu seconds: scheduler ${(await cpu(children[0]?.pid)).toFixed(1)}, peers ${peerCpu.reduce((x, y) => x + y, 0).toFixed(1)} (max ${Math.max(...peerCpu).toFixed(1)}), readers ${(rs.reduce((x, r) => x + (r.cpuMs ?? 0), 0) / 1000).toFixed(1)}\n`)
       const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
       process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')}\n`)
     }
