@@ -456,15 +456,22 @@ export class BlobCache implements ChunkReader {
         // decompress + verify in the decoder's worker threads (the fetched bytes are handed
         // over), which also write verified chunks to the cache file: their bytes never come back
         const fd = (this.dataFh as FileHandle).fd
-        const decoded = await this.decoder.decodeInto(fd, r.chunks, res.data, r.start, isOwnedBuffer(res.data), this.recycle)
+        const done = new Set<number>()
+        const settleWritten = (i: number): void => {
+          if (done.has(i)) return
+          done.add(i)
+          const c = r.chunks[i]!
+          this.counters.chunksVerified++
+          this.markReady(c)
+          this.settle(c.index, mine, undefined)
+        }
+        const decoded = await this.decoder.decodeInto(fd, r.chunks, res.data, r.start, { owned: isOwnedBuffer(res.data), onInput: this.recycle, onWritten: settleWritten })
         const good: Array<{ c: ChunkRef, data: Buffer }> = []
         let verified = 0
         r.chunks.forEach((c, i) => {
           const d = decoded[i]!
           if (d === WRITTEN) {
-            verified++
-            this.markReady(c)
-            this.settle(c.index, mine, undefined)
+            settleWritten(i) // (done already when the worker said so)
             return
           }
           if (d instanceof Unwritten) {

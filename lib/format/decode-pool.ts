@@ -28,6 +28,16 @@ const dctx = new zstd.DCtx()
 // with a file to write to, chunks are decoded into this buffer, reused for the thread's life
 let scratch = Buffer.alloc(0)
 const message = (err) => String(err && err.message ? err.message : err)
+function writeOne (m, i, bytes, results, written) {
+  try {
+    let done = 0
+    while (done < bytes.length) done += writeSync(m.fd, bytes, done, bytes.length - done, m.chunks[i].f + done)
+    written[i] = true
+    parentPort.postMessage({ id: m.id, progress: i })
+  } catch (err) {
+    results[i] = { unwritten: message(err) }
+  }
+}
 parentPort.on('message', (m) => {
   const src = Buffer.from(m.buf, m.off, m.len)
   let out
@@ -38,11 +48,15 @@ parentPort.on('message', (m) => {
     out = scratch
   }
   const results = []
+  const written = m.chunks.map(() => false)
   let pos = 0
   for (const c of m.chunks) {
     const dst = out.subarray(pos, pos + c.u)
     pos += c.u
     const raw = src.subarray(c.o, c.o + c.c)
+    // with a file: write each verified chunk at once and say so, so its readers go on while
+    // the next chunks of the range are decoded
+    if (m.fd !== undefined && results.length > 0 && results[results.length - 1] === null) writeOne(m, results.length - 1, out.subarray(pos - c.u - m.chunks[results.length - 1].u, pos - c.u), results, written)
     try {
       if (c.z) {
         let n
@@ -68,31 +82,12 @@ parentPort.on('message', (m) => {
     parentPort.postMessage({ id: m.id, out: out.buffer, results }, [out.buffer])
     return
   }
-  // the fetched bytes go back too, for the caller to reuse
+  const last = m.chunks.length - 1
+  if (last >= 0 && results[last] === null) writeOne(m, last, out.subarray(pos - m.chunks[last].u, pos), results, written)
+  // the fetched bytes go back too, for the caller to reuse; chunks that could not be written go
+  // back to be served from memory
   const input = m.back ? { input: m.buf } : {}
   const inputT = m.back ? [m.buf] : []
-  // write the good chunks (runs adjacent in the file with one pwrite each); chunks that cannot be
-  // written are sent back, to be served from memory
-  const written = m.chunks.map(() => false)
-  let i = 0
-  const offsets = []
-  pos = 0
-  for (const c of m.chunks) { offsets.push(pos); pos += c.u }
-  while (i < m.chunks.length) {
-    if (results[i] !== null) { i++; continue }
-    let j = i + 1
-    while (j < m.chunks.length && results[j] === null && m.chunks[j].f === m.chunks[j - 1].f + m.chunks[j - 1].u) j++
-    const from = offsets[i]
-    const len = offsets[j - 1] + m.chunks[j - 1].u - from
-    try {
-      let done = 0
-      while (done < len) done += writeSync(m.fd, out, from + done, len - done, m.chunks[i].f + done)
-      for (let k = i; k < j; k++) written[k] = true
-    } catch (err) {
-      for (let k = i; k < j; k++) results[k] = { unwritten: message(err) }
-    }
-    i = j
-  }
   if (written.every((w, k) => w || results[k].code !== undefined)) {
     parentPort.postMessage({ id: m.id, results: results.map((r, k) => written[k] ? { written: true } : r), ...input }, inputT)
     return
@@ -104,7 +99,7 @@ parentPort.on('message', (m) => {
 
 interface WireChunk { o: number, c: number, u: number, f: number, z: boolean, h: string, d: Uint8Array }
 interface WireResult { code?: string, message?: string, written?: true, unwritten?: string }
-interface Reply { id: number, out?: ArrayBuffer, outOff?: number, input?: ArrayBuffer, results: Array<WireResult | null> }
+interface Reply { id: number, progress?: number, out?: ArrayBuffer, outOff?: number, input?: ArrayBuffer, results: Array<WireResult | null> }
 interface Job {
   id: number
   refs: readonly ChunkRef[]
@@ -112,6 +107,7 @@ interface Job {
   dataStart: number
   owned: boolean
   onInput: ((input: ArrayBuffer) => void) | undefined
+  onWritten: ((index: number) => void) | undefined
   resolve: (r: DecodeResult[]) => void
 }
 
@@ -128,6 +124,12 @@ export class Unwritten {
 }
 
 interface PoolWorker { worker: Worker, jobs: Map<number, Job> }
+
+export interface DecodeIntoOptions {
+  owned?: boolean
+  onWritten?: (index: number) => void
+  onInput?: (input: ArrayBuffer) => void
+}
 
 export interface ChunkDecodePoolOptions {
   /** Worker threads (default 2; 0 decodes on the calling thread). */
@@ -164,15 +166,17 @@ export class ChunkDecodePool {
    * uncompressedOffset) by the worker and come back as WRITTEN, so their bytes never cross to
    * the calling thread; bytes that could not be written come back as Unwritten. The caller must
    * keep `fd` open until this settles. Without workers (or for lz4 chunks) nothing is written:
-   * the results are bytes, as from decode(). With `owned` and `onInput`, the ArrayBuffer that
-   * held `data` is handed back to `onInput` once the worker is done with it (for reuse; never
-   * when the chunks were decoded on this thread, whose results may be views of it).
+   * the results are bytes, as from decode(). Options: `owned` as for decode; `onWritten(i)` as
+   * soon as refs[i] is in the file (before the rest of the range is decoded); with `owned`,
+   * `onInput` gets the ArrayBuffer that held `data` back once the worker is done with it (for
+   * reuse; never when the chunks were decoded on this thread, whose results may be views of it).
    */
-  async decodeInto (fd: number, refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false, onInput?: (input: ArrayBuffer) => void): Promise<DecodeResult[]> {
-    return await this.run(refs, data, dataStart, owned, fd, onInput)
+  async decodeInto (fd: number, refs: readonly ChunkRef[], data: Buffer, dataStart: number, opts: DecodeIntoOptions = {}): Promise<DecodeResult[]> {
+    return await this.run(refs, data, dataStart, opts.owned ?? false, fd, opts)
   }
 
-  private async run (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned: boolean, fd: number | undefined, onInput?: (input: ArrayBuffer) => void): Promise<DecodeResult[]> {
+  private async run (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned: boolean, fd: number | undefined, opts: DecodeIntoOptions = {}): Promise<DecodeResult[]> {
+    const onInput = opts.onInput
     for (const r of refs) {
       if (r.compressedOffset < dataStart || r.compressedOffset + r.compressedSize > dataStart + data.length) {
         throw new NaiadError('NAIAD_INTERNAL', `chunk ${r.index} (${r.compressedOffset}+${r.compressedSize}) is outside the ${data.length} bytes at ${dataStart}`)
@@ -181,7 +185,7 @@ export class ChunkDecodePool {
     const w = refs.length > 0 && refs.every(r => !r.compressed || r.blob.compressor === 'zstd' || r.blob.compressor === 'none') ? this.pick() : undefined
     if (w === undefined) return decodeHere(refs, data, dataStart)
     return await new Promise((resolve) => {
-      const job: Job = { id: this.nextId++, refs, data, dataStart, owned, onInput, resolve }
+      const job: Job = { id: this.nextId++, refs, data, dataStart, owned, onInput, onWritten: opts.onWritten, resolve }
       w.jobs.set(job.id, job)
       if (w.jobs.size === 1) w.worker.ref()
       const chunks: WireChunk[] = refs.map(r => ({
@@ -234,6 +238,7 @@ export class ChunkDecodePool {
     worker.on('message', (m: Reply) => {
       const job = w.jobs.get(m.id)
       if (job === undefined) return
+      if (m.progress !== undefined) { job.onWritten?.(m.progress); return }
       w.jobs.delete(m.id)
       if (w.jobs.size === 0) worker.unref()
       if (m.input !== undefined) job.onInput?.(m.input)

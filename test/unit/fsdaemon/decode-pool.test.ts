@@ -83,8 +83,10 @@ describe('ChunkDecodePool', () => {
       await fh.truncate(tb.blob.uncompressedSize)
       const { data, start } = span(tb, 0, 4)
       data[tb.refs[2]!.compressedOffset - start + 20]! ^= 0xff
-      const out = await pool.decodeInto(fh.fd, tb.refs, data, start, true)
+      const early: number[] = []
+      const out = await pool.decodeInto(fh.fd, tb.refs, data, start, { owned: true, onWritten: (i) => early.push(i) })
       expect(out.map(r => r === WRITTEN)).toEqual([true, true, false, true, true])
+      expect(early).toEqual([0, 1, 3, 4]) // each said as soon as it was written
       expect(['NAIAD_FMT_CHUNK_DIGEST', 'NAIAD_FMT_DECOMPRESS']).toContain((out[2] as NaiadError).code)
       const onDisk = await readFile(file)
       for (const i of [0, 1, 3, 4]) {
@@ -99,7 +101,7 @@ describe('ChunkDecodePool', () => {
     const ro = await open(file, 'r')
     try {
       const { data, start } = span(tb, 0, 1)
-      const out = await pool.decodeInto(ro.fd, tb.refs.slice(0, 2), data, start, true)
+      const out = await pool.decodeInto(ro.fd, tb.refs.slice(0, 2), data, start, { owned: true })
       out.forEach((r, i) => {
         expect(r).toBeInstanceOf(Unwritten)
         expect((r as Unwritten).data.equals(tb.chunk(i))).toBe(true)
