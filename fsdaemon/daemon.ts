@@ -15,6 +15,7 @@ import { Bootstrap } from '../lib/format/bootstrap.ts'
 import type { BlobInfo, ChunkRef } from '../lib/format/types.ts'
 import { loadNydusBootstrap } from '../lib/nydus/image.ts'
 import { openImageStore } from '../lib/registry/open.ts'
+import { DockerConfigCredentials } from '../lib/registry/credentials.ts'
 import type { ImageStore } from '../lib/registry/store.ts'
 import { parseReference, type RegistryReference } from '../lib/oci/reference.ts'
 import { FuseSession, unmountFuse } from './fuse/session.ts'
@@ -23,6 +24,7 @@ import { SourceChain } from './fetch/source-chain.ts'
 import { RegistryRangeSource } from './fetch/registry-source.ts'
 import { MirrorRangeSource } from './fetch/mirror-source.ts'
 import { LocalDirRangeSource } from './fetch/local-source.ts'
+import { MountCredentials } from './fetch/credentials.ts'
 import { FetchGate } from './fetch/gate.ts'
 import type { ChunkReader, RangeSource } from './types.ts'
 import type { FsdConfig } from './config.ts'
@@ -32,7 +34,9 @@ import type { CacheManager, BlobCacheLease } from './cache/index.ts'
 import { Prefetcher, type PrefetchFile } from './prefetch/index.ts'
 
 interface Mount {
+  /** The request without its credentials (what the state file records). */
   request: MountRequest
+  credentials: MountCredentials | undefined
   since: string
   bootstrap: Bootstrap
   fs: RafsFilesystem
@@ -109,7 +113,13 @@ export class FsDaemon {
     const mp = req.mountpoint
     const have = this.mounts.get(mp)
     if (have !== undefined) {
-      if (have.request.image === req.image && have.request.bootstrap === req.bootstrap && have.request.blobDir === req.blobDir) return this.info(have)
+      if (have.request.image === req.image && have.request.bootstrap === req.bootstrap && have.request.blobDir === req.blobDir) {
+        if (req.credentials !== undefined && have.credentials !== undefined) {
+          have.credentials.replace(req.credentials)
+          have.log.info('registry credentials of the mount replaced (values not logged)')
+        }
+        return this.info(have)
+      }
       throw new NaiadError('NAIAD_FS_MOUNT', `${mp} already serves ${have.request.image ?? have.request.bootstrap ?? '?'}`)
     }
     const inflight = this.pending.get(mp)
@@ -119,7 +129,9 @@ export class FsDaemon {
     return await p
   }
 
-  private async doMount (req: MountRequest): Promise<MountInfo> {
+  private async doMount (withCredentials: MountRequest): Promise<MountInfo> {
+    // the credentials stay in `credentials` (memory); the request kept and saved has none
+    const { credentials: given, ...req } = withCredentials
     const mp = req.mountpoint
     const log = this.deps.log.child({ mountpoint: mp, ...(req.image !== undefined ? { ref: req.image } : {}) })
     const t0 = Date.now()
@@ -127,6 +139,7 @@ export class FsDaemon {
     const sources: RangeSource[] = []
     const caches = new Map<BlobInfo, BlobCacheLease>()
     let chain: SourceChain | undefined
+    let credentials: MountCredentials | undefined
     try {
       if (await isStaleMount(mp)) {
         log.info('detaching a stale mount at the mountpoint')
@@ -147,12 +160,15 @@ export class FsDaemon {
         const ref = parseReference(req.image)
         if (ref.kind !== 'registry') throw new NaiadError('NAIAD_CLI_USAGE', `image ${req.image} must be a registry reference`)
         const plain = req.plainHttp === true || this.cfg.fetch.plain_http
-        store = openImageStore(ref, { plainHttp: plain ? true : 'loopback', logger: log.child({ component: 'registry' }) })
+        credentials = new MountCredentials({ fallback: new DockerConfigCredentials({ logger: log }) }, { registry: ref.registry, ...(given !== undefined ? { given } : {}) })
+        store = openImageStore(ref, { plainHttp: plain ? true : 'loopback', logger: log.child({ component: 'registry' }), credentials })
         bootstrap ??= (await loadNydusBootstrap(store)).bootstrap
         const origin = `${plain || LOOPBACK.test(ref.endpoint) ? 'http' : 'https'}://${ref.endpoint}`
         for (const m of this.cfg.mirrors) {
-          const mirror = new MirrorRangeSource({ logger: log.child({ component: 'mirror' }) }, {
+          const auth = credentials
+          const mirror = new MirrorRangeSource({ logger: log.child({ component: 'mirror' }), authorization: async (signal) => await auth.authorization(signal) }, {
             url: m.url,
+            sendAuthorization: m.pass_authorization,
             repository: (ref as RegistryReference).repository,
             origin,
             healthIntervalMs: m.health_check_interval,
@@ -199,7 +215,7 @@ export class FsDaemon {
         })
         prefetch.start()
       }
-      const m: Mount = { request: req, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, log }
+      const m: Mount = { request: req, credentials, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, log }
       this.mounts.set(mp, m)
       session.done().then(() => {
         if (this.mounts.get(mp) === m && this.closed === undefined) {
@@ -208,7 +224,7 @@ export class FsDaemon {
         }
       }, () => {})
       await this.saveState()
-      log.info({ durationMs: Date.now() - t0, blobs: bootstrap.blobs.length, inodes: bootstrap.inodeCount }, 'mounted')
+      log.info({ durationMs: Date.now() - t0, blobs: bootstrap.blobs.length, inodes: bootstrap.inodeCount, credentials: credentials?.given === true ? 'from the mount request' : 'the daemon\'s' }, 'mounted')
       return this.info(m)
     } catch (err) {
       for (const l of caches.values()) await l.release().catch(() => {})

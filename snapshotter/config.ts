@@ -29,6 +29,13 @@ export const snapshotterConfigSchema = s.object({
     plain_http: s.boolean({ default: false, description: 'plain HTTP to every registry (default: only loopback registries)' }),
     stop_on_exit: s.boolean({ default: false, description: 'stop the fsdaemon (unmounting every image) when the snapshotter exits; off by default, so running containers survive a snapshotter restart (tests use --stop-fsdaemon)' })
   }, { description: 'the FUSE daemon that serves Nydus images lazily (docs/snapshotter.md, "Nydus images")' }),
+  cri_keychain: s.object({
+    enable: s.boolean({ default: false, description: 'serve a CRI ImageService proxy for the kubelet (--image-service-endpoint) that forwards every call to containerd and keeps the registry credentials of each PullImage (image pull secrets) in memory, for the fsdaemon and the fallback to read private Nydus images with (containerd never gives them to a snapshotter)' }),
+    socket: s.string({ default: '/run/naiad/cri-image.sock', description: 'Unix socket of the proxy: the kubelet\'s image service endpoint (unix:///run/naiad/cri-image.sock); at most 107 bytes' }),
+    mode: s.integer({ default: 0o600, min: 0, max: 0o777, description: 'file mode of the proxy socket (decimal in TOML; 384 = 0600)' }),
+    image_service_address: s.string({ default: '/run/containerd/containerd.sock', description: 'containerd\'s socket, whose CRI plugin serves runtime.v1.ImageService; every call is forwarded there unchanged' }),
+    ttl: s.duration({ default: '24h', description: 'how long credentials are kept after the last PullImage that carried them' })
+  }, { description: 'registry credentials from Kubernetes (docs/kubernetes.md, "Private images")' }),
   fallback: s.object({
     materialize: s.boolean({ default: true, description: 'when an image cannot be mounted lazily at container prepare (fsdaemon down, registry unreachable, bad bootstrap), download it in full into the bootstrap snapshot and use that; off: the prepare fails' })
   }, { description: 'what happens when the lazy path fails' })

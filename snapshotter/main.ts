@@ -14,6 +14,8 @@ import { LocalSnapshotter } from './local/overlay.ts'
 import { FsdRemoteFilesystem } from './remote/fsd.ts'
 import { RegistryMaterializer } from './remote/materialize.ts'
 import { notifyReady } from '../lib/systemd/index.ts'
+import { CriKeychain } from './cri/keychain.ts'
+import { CriImageProxy } from './cri/proxy.ts'
 
 export const DEFAULT_CONFIG = '/etc/naiad/snapshotter.toml'
 
@@ -49,8 +51,12 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
   }
   const log = createLogger({ service: 'snapshotter', level: cfg.log.level, destination: io.stdout as never })
   const f = cfg.fsdaemon
+  const k = cfg.cri_keychain
+  const keychain = k.enable ? new CriKeychain({ ttlMs: k.ttl }) : undefined
+  const proxy = keychain !== undefined ? new CriImageProxy({ keychain, log }, { socket: k.socket, mode: k.mode, upstream: k.image_service_address }) : undefined
+  const credentials = keychain !== undefined ? { credentials: keychain } : {}
   const remote = f.enable
-    ? new FsdRemoteFilesystem({ log }, {
+    ? new FsdRemoteFilesystem({ log, ...credentials }, {
       socket: f.socket,
       start: f.start,
       binary: f.binary !== '' ? f.binary : (process.argv[1] ?? ''),
@@ -63,13 +69,14 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
       stopOnClose: f.stop_on_exit
     })
     : undefined
-  const materializer = cfg.fallback.materialize ? new RegistryMaterializer({ log }, { plainHttp: f.plain_http }) : undefined
+  const materializer = cfg.fallback.materialize ? new RegistryMaterializer({ log, ...credentials }, { plainHttp: f.plain_http }) : undefined
   const snapshotter = new LocalSnapshotter({ log, ...(remote !== undefined ? { remote } : {}), ...(materializer !== undefined ? { materializer } : {}) }, { root: cfg.root.dir })
   const server = new SnapshotsServer({ snapshotter, log }, { socket: cfg.socket.path, mode: cfg.socket.mode })
   let stopping: Promise<void> | undefined
   const stop = async (reason: string): Promise<void> => {
     stopping ??= (async () => {
       log.info({ reason }, 'shutting down')
+      await proxy?.close()
       await server.close()
       await snapshotter.close()
       log.info('stopped')
@@ -88,7 +95,8 @@ export async function runSnapshotter (o: SnapshotterCliOptions, io: Io, stopSign
     await snapshotter.cleanup()
     await snapshotter.recover()
     await server.start()
-    log.info({ socket: cfg.socket.path, root: cfg.root.dir }, 'ready')
+    await proxy?.start()
+    log.info({ socket: cfg.socket.path, root: cfg.root.dir, ...(proxy !== undefined ? { criImageSocket: k.socket } : {}) }, 'ready')
     await notifyReady(`snapshotter ready: ${cfg.socket.path}`, { log })
   } catch (err) {
     log.error({ err }, 'snapshotter failed to start')

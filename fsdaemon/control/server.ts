@@ -8,6 +8,7 @@ import { dirname } from 'node:path'
 import { NaiadError, isNaiadError, toHttpStatus } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import type { DaemonInfo, MountInfo, MountRequest } from '../../lib/fsdapi/index.ts'
+import type { Credentials } from '../../lib/registry/credentials.ts'
 
 /** What the control server needs from the daemon. */
 export interface ControlTarget {
@@ -56,7 +57,7 @@ function validateMountRequest (v: unknown): MountRequest {
     return x
   }
   for (const k of Object.keys(o)) {
-    if (!['mountpoint', 'image', 'bootstrap', 'blobDir', 'plainHttp', 'prefetch', 'labels'].includes(k)) throw new NaiadError('NAIAD_CLI_USAGE', `mount request: unknown field ${k}`)
+    if (!['mountpoint', 'image', 'bootstrap', 'blobDir', 'plainHttp', 'prefetch', 'labels', 'credentials'].includes(k)) throw new NaiadError('NAIAD_CLI_USAGE', `mount request: unknown field ${k}`)
   }
   const mountpoint = str('mountpoint')
   if (mountpoint === undefined || !mountpoint.startsWith('/')) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: mountpoint must be an absolute path')
@@ -73,8 +74,11 @@ function validateMountRequest (v: unknown): MountRequest {
   if (plainHttp !== undefined && typeof plainHttp !== 'boolean') throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: plainHttp must be a boolean')
   const labels = o['labels']
   if (labels !== undefined && (typeof labels !== 'object' || labels === null || Object.values(labels).some(x => typeof x !== 'string'))) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: labels must map strings to strings')
+  const credentials = validateCredentials(o['credentials'])
+  if (credentials !== undefined && image === undefined) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: credentials go with image (blobs from the registry)')
   return {
     mountpoint,
+    ...(credentials !== undefined ? { credentials } : {}),
     ...(image !== undefined ? { image } : {}),
     ...(bootstrap !== undefined ? { bootstrap } : {}),
     ...(blobDir !== undefined ? { blobDir } : {}),
@@ -82,6 +86,20 @@ function validateMountRequest (v: unknown): MountRequest {
     ...(prefetch !== undefined ? { prefetch } : {}),
     ...(labels !== undefined ? { labels: labels as Record<string, string> } : {})
   }
+}
+
+/** The registry credentials of a mount request; the error never quotes a value. */
+function validateCredentials (v: unknown): Credentials | undefined {
+  if (v === undefined) return undefined
+  if (typeof v !== 'object' || v === null || Array.isArray(v)) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: credentials must be an object')
+  const out: Credentials = {}
+  for (const [k, x] of Object.entries(v)) {
+    if (!['username', 'password', 'identityToken', 'registryToken'].includes(k)) throw new NaiadError('NAIAD_CLI_USAGE', `mount request: unknown credentials field ${k}`)
+    if (typeof x !== 'string' || x === '') throw new NaiadError('NAIAD_CLI_USAGE', `mount request: credentials.${k} must be a non-empty string`)
+    out[k as keyof Credentials] = x
+  }
+  if ((out.username === undefined) !== (out.password === undefined)) throw new NaiadError('NAIAD_CLI_USAGE', 'mount request: credentials need both username and password, or neither')
+  return Object.keys(out).length > 0 ? out : undefined
 }
 
 export class ControlServer {

@@ -14,6 +14,7 @@
  */
 import http from 'node:http'
 import { NaiadError, type ErrorCode } from '../errors/index.ts'
+import type { Credentials } from '../registry/credentials.ts'
 
 export interface MountRequest {
   mountpoint: string
@@ -34,6 +35,13 @@ export interface MountRequest {
   prefetch?: boolean | 'all'
   /** Free-form labels kept with the mount (the snapshotter stores its snapshot ids here). */
   labels?: Record<string, string>
+  /**
+   * Credentials for the image's registry (with `image`), e.g. what the CRI handed to containerd
+   * with the pull; instead of the daemon's docker config.json. Kept in memory only: never written
+   * to the state file, never listed, never logged. Sent again for a live mount of the same image,
+   * they replace the ones it has (a rotated pull secret).
+   */
+  credentials?: Credentials
 }
 
 export interface BlobStats {

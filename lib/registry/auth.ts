@@ -126,6 +126,8 @@ export class Authenticator implements Authorizer {
     if (ch.scheme === 'bearer' && (ch.params['realm'] === undefined || ch.params['realm'] === '')) return false
     const known = this.challenges.get(origin)
     this.challenges.set(origin, ch)
+    // ask the provider again: the credentials may have changed (a rotated secret, new ones given to a mount)
+    this.creds = undefined
     if (ch.scheme === 'basic') {
       if (sent?.startsWith('Basic ') === true) return false
       const c = await this.credentials(signal)

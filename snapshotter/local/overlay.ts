@@ -175,7 +175,13 @@ export class LocalSnapshotter implements Snapshotter {
       lazyFailure = 'the lazy path is disabled ([fsdaemon] enable = false)'
     } else {
       try {
-        if (have?.mode === 'fuse' && await this.#remote.alive(mp, { ...(signal !== undefined ? { signal } : {}) })) return mp
+        if (have?.mode === 'fuse' && await this.#remote.alive(mp, { ...(signal !== undefined ? { signal } : {}) })) {
+          // newer CRI credentials for the image (a rotated pull secret) reach the live mount
+          await this.#remote.refresh?.(mp, image, { ...(signal !== undefined ? { signal } : {}) }).catch((err: unknown) => {
+            this.#log.warn({ err, snapshot: b.rec.name, image: image.image }, 'giving the image mount its current credentials failed; it keeps the ones it has')
+          })
+          return mp
+        }
         if (have?.mode === 'fuse') this.#log.warn({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'the FUSE mount of the image is gone (fsdaemon restarted or killed); mounting it again')
         await mkdir(mp, { recursive: true, mode: 0o755 }).catch((err: NodeJS.ErrnoException) => {
           // the stale mount of a dead fsdaemon is still there: the fsdaemon detaches it before mounting

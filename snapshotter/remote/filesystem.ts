@@ -5,8 +5,18 @@
  * Failures are NaiadErrors; on a failure the snapshotter falls back (remote/materialize.ts).
  */
 
+import type { Credentials } from '../../lib/registry/credentials.ts'
+
 export interface RemoteOptions {
   readonly signal?: AbortSignal
+}
+
+/**
+ * Registry credentials the snapshotter was handed for an image (the CRI keychain: what the kubelet
+ * passed with PullImage). Undefined: the node's own (docker config.json) are used.
+ */
+export interface ImageCredentials {
+  get (image: string): Credentials | undefined
 }
 
 /** A Nydus image to serve: the bootstrap containerd unpacked, and where its data blobs live. */
@@ -25,6 +35,12 @@ export interface RemoteFilesystem {
    * On failure the mountpoint is left clean (nothing mounted).
    */
   mount (mountpoint: string, image: RemoteImage, opts?: RemoteOptions): Promise<void>
+  /**
+   * Gives the live mount at `mountpoint` the image's current credentials when they changed since
+   * they were last given (a rotated pull secret, or a restarted server that lost them). Cheap
+   * when nothing changed; optional for implementations without credentials.
+   */
+  refresh? (mountpoint: string, image: RemoteImage, opts?: RemoteOptions): Promise<void>
   /**
    * True when a mount made earlier (possibly by a previous snapshotter process, possibly served by
    * a restarted fsdaemon) serves at `mountpoint` now.

@@ -18,7 +18,8 @@ import { dirname } from 'node:path'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
 import { NaiadError, hasCode, throwIfAborted } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
-import type { RemoteFilesystem, RemoteImage, RemoteOptions } from './filesystem.ts'
+import type { Credentials } from '../../lib/registry/credentials.ts'
+import type { ImageCredentials, RemoteFilesystem, RemoteImage, RemoteOptions } from './filesystem.ts'
 
 export interface FsdRemoteOptions {
   /** Control socket of the fsdaemon. */
@@ -66,9 +67,13 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
   #starting: Promise<void> | undefined
   #lastPid: number | undefined
   #closed: Promise<void> | undefined
+  readonly #credentials: ImageCredentials | undefined
+  /** The credentials last given to each mount by this process (memory only). */
+  readonly #given = new Map<string, Credentials | undefined>()
 
-  constructor (deps: { log: Logger }, options: FsdRemoteOptions) {
+  constructor (deps: { log: Logger, credentials?: ImageCredentials }, options: FsdRemoteOptions) {
     this.#log = deps.log.child({ component: 'snapshotter.fsd' })
+    this.#credentials = deps.credentials
     this.#o = options
     this.#client = new FsdClient({ socketPath: options.socket, timeoutMs: 120_000 })
     this.#quick = new FsdClient({ socketPath: options.socket, timeoutMs: 5000 })
@@ -133,13 +138,25 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
 
   async mount (mountpoint: string, image: RemoteImage, opts: RemoteOptions = {}): Promise<void> {
     await this.ensure(opts.signal)
+    const credentials = this.#credentials?.get(image.image)
     await this.#client.mount({
       mountpoint,
       bootstrap: image.bootstrap,
       image: image.image,
       ...(this.#o.plainHttp ? { plainHttp: true } : {}),
-      ...(image.labels !== undefined ? { labels: { ...image.labels } } : {})
+      ...(image.labels !== undefined ? { labels: { ...image.labels } } : {}),
+      ...(credentials !== undefined ? { credentials } : {})
     }, opts.signal)
+    this.#given.set(mountpoint, credentials)
+  }
+
+  async refresh (mountpoint: string, image: RemoteImage, opts: RemoteOptions = {}): Promise<void> {
+    const credentials = this.#credentials?.get(image.image)
+    const had = this.#given.get(mountpoint)
+    if (credentials === undefined || (had !== undefined && had.username === credentials.username && had.password === credentials.password && had.identityToken === credentials.identityToken && had.registryToken === credentials.registryToken)) return
+    // the same request again: the fsdaemon keeps the mount and takes the new credentials
+    await this.mount(mountpoint, image, opts)
+    this.#log.info({ mountpoint, image: image.image }, 'gave the image mount its current registry credentials (values not logged)')
   }
 
   async alive (mountpoint: string, opts: RemoteOptions = {}): Promise<boolean> {
@@ -171,6 +188,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
   }
 
   async unmount (mountpoint: string, opts: RemoteOptions = {}): Promise<void> {
+    this.#given.delete(mountpoint)
     try {
       await this.#client.unmount(mountpoint, opts.signal)
     } catch (err) {

@@ -12,14 +12,16 @@ import { parseReference } from '../../lib/oci/reference.ts'
 import { openImageStore } from '../../lib/registry/open.ts'
 import type { Materializer } from '../local/overlay.ts'
 import type { OpOptions } from '../snapshotter.ts'
-import type { RemoteImage } from './filesystem.ts'
+import type { ImageCredentials, RemoteImage } from './filesystem.ts'
 
 export class RegistryMaterializer implements Materializer {
   readonly #log: Logger
   readonly #plainHttp: boolean
+  readonly #credentials: ImageCredentials | undefined
 
-  constructor (deps: { log: Logger }, options: { plainHttp: boolean }) {
+  constructor (deps: { log: Logger, credentials?: ImageCredentials }, options: { plainHttp: boolean }) {
     this.#log = deps.log.child({ component: 'snapshotter.materialize' })
+    this.#credentials = deps.credentials
     this.#plainHttp = options.plainHttp
   }
 
@@ -33,7 +35,9 @@ export class RegistryMaterializer implements Materializer {
     const bootstrap = Bootstrap.parse(raw)
     const ref = parseReference(image.image)
     if (ref.kind !== 'registry') throw new NaiadError('NAIAD_CLI_USAGE', `image ${image.image} must be a registry reference`)
-    const store = openImageStore(ref, { plainHttp: this.#plainHttp ? true : 'loopback', logger: this.#log })
+    // the CRI's credentials for the image if it gave some, else the node's docker config.json
+    const credentials = this.#credentials?.get(image.image)
+    const store = openImageStore(ref, { plainHttp: this.#plainHttp ? true : 'loopback', logger: this.#log, ...(credentials !== undefined ? { credentials } : {}) })
     const t0 = Date.now()
     try {
       const stats = await materializeImage(dir, bootstrap, store, {

@@ -6,19 +6,27 @@
  * for another repository of that registry, not for another registry); without credentials
  * containerd's own error comes back through the proxy with its status code; ImageStatus and
  * RemoveImage pass through; the password never appears in the proxy's log.
+ *
+ * End to end with `[cri_keychain]` on in the snapshotter (its own proxy, the kubelet's image
+ * service endpoint): a private Nydus image pulled through it with the pull secret's credentials
+ * runs under `ctr -n k8s.io run --snapshotter nydus`, its data blobs read lazily by the
+ * fsdaemon with those credentials (the node has no docker config.json), and the password is in
+ * no log and not in the fsdaemon's state file.
  */
 import * as grpc from '@grpc/grpc-js'
-import { mkdirSync, copyFileSync, chmodSync, writeFileSync } from 'node:fs'
-import { mkdtemp, rm } from 'node:fs/promises'
+import { mkdirSync, copyFileSync, chmodSync, writeFileSync, readFileSync, readdirSync } from 'node:fs'
+import { mkdtemp, rm, writeFile } from 'node:fs/promises'
 import { join } from 'node:path'
 import { Writable } from 'node:stream'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { run } from '../../bin/program.ts'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
 import { createLogger } from '../../lib/log/index.ts'
 import { loadProto } from '../../lib/proto/index.ts'
 import { CriKeychain } from '../../snapshotter/cri/keychain.ts'
 import { CriImageProxy } from '../../snapshotter/cri/proxy.ts'
 import { canMount } from '../conformance/snapshotter.ts'
-import { haveContainerd, startContainerd, type RunningContainerd } from '../helpers/containerd.ts'
+import { haveContainerd, startContainerd, unmountUnder, type RunningContainerd } from '../helpers/containerd.ts'
 import { NAIAD_BIN, startNaiad, type Daemon } from '../helpers/daemon.ts'
 import { buildImage, pushImage } from '../helpers/images.ts'
 import { haveRegistry, startRegistry, type RunningRegistry } from '../helpers/registry.ts'
@@ -66,7 +74,34 @@ describe.skipIf(!ready)('CRI keychain: naiad ImageService proxy in front of cont
       }]
     })
     image = pushImage(img, reg.host, 'private/app:1', `${USER}:${PASSWORD}`)
-    snap = startNaiad(['snapshotter', '--root', join(base, 'snapshots'), '--socket', join(base, 'snap.sock'), '--log-level', 'debug'])
+    // the Nydus image, converted with credentials only this test process has
+    const withCreds = join(base, 'docker-creds')
+    mkdirSync(withCreds)
+    writeFileSync(join(withCreds, 'config.json'), JSON.stringify({ auths: { [reg.host]: { auth: Buffer.from(`${USER}:${PASSWORD}`).toString('base64') } } }))
+    const saved = process.env['DOCKER_CONFIG']
+    process.env['DOCKER_CONFIG'] = withCreds
+    try {
+      const out: string[] = []
+      const sink = new Writable({ write (c, _e, cb) { out.push(String(c)); cb() } })
+      const code = await run(['convert', '--source', image, '--target', `${reg.host}/private/app:nydus`, '--output', 'json'], { stdout: sink, stderr: sink })
+      expect(code, out.join('')).toBe(0)
+    } finally {
+      if (saved === undefined) delete process.env['DOCKER_CONFIG']
+      else process.env['DOCKER_CONFIG'] = saved
+    }
+    // the node (snapshotter, fsdaemon) has no registry credentials of its own
+    const noCreds = join(base, 'docker-none')
+    mkdirSync(noCreds)
+    const cfg = join(base, 'snapshotter.toml')
+    await writeFile(cfg, [
+      '[root]', `dir = "${join(base, 'snapshots')}"`,
+      '[socket]', `path = "${join(base, 'snap.sock')}"`,
+      '[fsdaemon]', `socket = "${join(base, 'fsd.sock')}"`, `binary = "${NAIAD_BIN}"`, `cache_dir = "${join(base, 'fsd-cache')}"`,
+      `state_dir = "${join(base, 'fsd-state')}"`, `log_file = "${join(base, 'fsd.log')}"`,
+      '[fallback]', 'materialize = false',
+      '[cri_keychain]', 'enable = true', `socket = "${join(base, 'snap-cri.sock')}"`, `image_service_address = "${join(base, 'ctd', 'c.sock')}"`
+    ].join('\n') + '\n')
+    snap = startNaiad(['snapshotter', '--config', cfg, '--stop-fsdaemon', '--log-level', 'debug'], { DOCKER_CONFIG: noCreds })
     await snap.waitFor('ready', 30_000)
     ctd = await startContainerd({ dir: join(base, 'ctd'), snapshotterSocket: join(base, 'snap.sock'), cri: true })
     const log = createLogger({ service: 'test', level: 'debug', destination: new Writable({ write (c, _e, cb) { logText += String(c); cb() } }) as never })
@@ -80,7 +115,10 @@ describe.skipIf(!ready)('CRI keychain: naiad ImageService proxy in front of cont
     await ctd?.stop()
     await snap?.stop()
     await reg?.stop()
-    if (base !== '') await rm(base, { recursive: true, force: true })
+    if (base !== '') {
+      await unmountUnder(base)
+      await rm(base, { recursive: true, force: true })
+    }
   })
 
   it('forwards a PullImage without credentials and returns containerd\'s error status', async () => {
@@ -116,4 +154,28 @@ describe.skipIf(!ready)('CRI keychain: naiad ImageService proxy in front of cont
     expect(kc.remember(image, {})).toBe(false)
     expect(kc.remember('oci:/tmp/x:latest', { username: 'a', password: 'b' })).toBe(false)
   })
+
+  it('a private Nydus image pulled through the snapshotter\'s CRI proxy runs lazily with the pull\'s credentials', async () => {
+    const nydus = `${reg!.host}/private/app:nydus`
+    const logs = (): string => `\ncontainerd log:\n${ctd!.log().slice(-3000)}\nsnapshotter log:\n${snap!.output().slice(-4000)}`
+    const res = await call(join(base, 'snap-cri.sock'), 'PullImage', { image: { image: nydus }, auth: { auth: Buffer.from(`${USER}:${PASSWORD}`).toString('base64') } })
+      .catch((err: Error) => { throw new Error(`PullImage: ${err.message}${logs()}`) })
+    expect(String(res['imageRef'])).toMatch(/^sha256:[0-9a-f]{64}$/)
+    const out = await ctd!.ctr('k8s.io', ['run', '--rm', '--snapshotter', 'nydus', nydus, `cri-private-${process.pid}`, '/bin/busybox', 'cat', '/hello.txt'])
+      .catch((err: Error) => { throw new Error(`${err.message}${logs()}`) })
+    expect(out).toBe('private image\n')
+    // served lazily: the fsdaemon mounted the image and read its blob from the registry
+    const mounts = await new FsdClient({ socketPath: join(base, 'fsd.sock') }).list()
+    const m = mounts.find((x) => x.image === nydus)
+    expect(m, JSON.stringify(mounts)).toBeDefined()
+    const fetched = m!.blobs.reduce((n, b) => n + Object.values(b.bytesFetched).reduce((a, x) => a + x, 0), 0)
+    expect(fetched).toBeGreaterThan(0)
+    expect(m!.eio).toBe(0)
+    expect(snap!.output()).toContain('recorded pull credentials')
+    // the password is in no log and not in the fsdaemon's state
+    expect(snap!.output()).not.toContain(PASSWORD)
+    expect(readFileSync(join(base, 'fsd.log'), 'utf8')).not.toContain(PASSWORD)
+    for (const f of readdirSync(join(base, 'fsd-state'))) expect(readFileSync(join(base, 'fsd-state', f), 'utf8')).not.toContain(PASSWORD)
+    expect(JSON.stringify(mounts)).not.toContain(PASSWORD)
+  }, 120_000)
 })
