@@ -10,7 +10,7 @@
 import { mkdir, readFile } from 'node:fs/promises'
 import { NaiadError, isNaiadError } from '../lib/errors/index.ts'
 import type { Logger } from '../lib/log/index.ts'
-import type { DaemonInfo, MountInfo, MountRequest, BlobStats } from '../lib/fsdapi/index.ts'
+import type { CachedBlobInfo, DaemonInfo, MountInfo, MountRequest, BlobStats } from '../lib/fsdapi/index.ts'
 import { Bootstrap } from '../lib/format/bootstrap.ts'
 import type { BlobInfo, ChunkRef } from '../lib/format/types.ts'
 import { loadNydusBootstrap } from '../lib/nydus/image.ts'
@@ -301,6 +301,22 @@ export class FsDaemon {
   async refreshUsage (): Promise<number> {
     this.cacheBytes = (await this.deps.cache.usage()).totalBytes
     return this.cacheBytes
+  }
+
+  /** The chunk cache's blobs, with their disk use and how many mounts use them. */
+  async cachedBlobs (): Promise<CachedBlobInfo[]> {
+    const u = await this.deps.cache.usage()
+    this.cacheBytes = u.totalBytes
+    return u.blobs.map(b => ({ blobId: b.blobId, bytes: b.bytes, users: b.users, lastUsed: b.lastUsed }))
+  }
+
+  /** Deletes an unused blob's cache files (e.g. its image was removed); absent: nothing to do. */
+  async removeBlob (blobId: string): Promise<void> {
+    const users = [...this.mounts.values()].filter(m => m.bootstrap.blobs.some(b => b.blobId === blobId)).map(m => m.request.mountpoint)
+    if (users.length > 0 || !(await this.deps.cache.remove(blobId))) {
+      throw new NaiadError('NAIAD_FS_BLOB_IN_USE', `blob ${blobId} is used by ${users.length > 0 ? users.join(', ') : 'a mount'}; its cache stays`)
+    }
+    this.deps.log.info({ blobId }, 'blob cache removed')
   }
 
   async daemonInfo (): Promise<DaemonInfo> {

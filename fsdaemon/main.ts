@@ -74,7 +74,7 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
   const log = createLogger({ service: 'fsdaemon', level: cfg.log.level, destination: io.stdout as never, base: { version: version() } })
   const cache = new CacheManager({ logger: log.child({ component: 'cache' }) }, { dir: cfg.cache.dir, quotaBytes: cfg.cache.quota, flushIntervalMs: cfg.cache.flush_interval, maxRequestBytes: cfg.fetch.max_request_size })
   const daemon = new FsDaemon({ log, cache, version: version() }, cfg)
-  const control = !standalone || o.socket !== undefined ? new ControlServer({ target: { info: async () => await daemon.daemonInfo(), list: async () => await daemon.list(), mount: async (r) => await daemon.mount(r), unmount: async (m) => { await daemon.unmount(m) }, metrics: async () => { await daemon.refreshUsage(); return await daemon.metrics.text() } }, log: log.child({ component: 'control' }) }, { socketPath: cfg.socket.path }) : undefined
+  const control = !standalone || o.socket !== undefined ? new ControlServer({ target: { info: async () => await daemon.daemonInfo(), list: async () => await daemon.list(), mount: async (r) => await daemon.mount(r), unmount: async (m) => { await daemon.unmount(m) }, blobs: async () => await daemon.cachedBlobs(), removeBlob: async (id) => { await daemon.removeBlob(id) }, metrics: async () => { await daemon.refreshUsage(); return await daemon.metrics.text() } }, log: log.child({ component: 'control' }) }, { socketPath: cfg.socket.path }) : undefined
   let stopping: Promise<void> | undefined
   const stop = (signal: string): Promise<void> => {
     stopping ??= (async () => {

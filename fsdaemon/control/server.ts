@@ -7,7 +7,7 @@ import { chmod, mkdir, rm } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { NaiadError, isNaiadError, toHttpStatus } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
-import type { DaemonInfo, MountInfo, MountRequest } from '../../lib/fsdapi/index.ts'
+import type { CachedBlobInfo, DaemonInfo, MountInfo, MountRequest } from '../../lib/fsdapi/index.ts'
 import type { Credentials } from '../../lib/registry/credentials.ts'
 
 /** What the control server needs from the daemon. */
@@ -16,6 +16,9 @@ export interface ControlTarget {
   list (): Promise<MountInfo[]>
   mount (req: MountRequest): Promise<MountInfo>
   unmount (mountpoint: string): Promise<void>
+  blobs (): Promise<CachedBlobInfo[]>
+  /** Deletes an unused blob's cache (absent: no error); NAIAD_FS_BLOB_IN_USE while mounted. */
+  removeBlob (blobId: string): Promise<void>
   metrics (): Promise<string>
 }
 
@@ -126,7 +129,16 @@ export class ControlServer {
     const t = this.deps.target
     const route = `${req.method ?? 'GET'} ${url.pathname}`
     this.deps.log.debug({ route }, 'control request')
+    const blob = /^DELETE \/api\/v1\/blobs\/([^/]*)$/.exec(route)
+    if (blob !== null) {
+      const id = decodeURIComponent(blob[1] ?? '')
+      if (!/^[0-9a-f]{64}$/.test(id)) throw new NaiadError('NAIAD_CLI_USAGE', 'DELETE /api/v1/blobs/<blob id>: the blob id is 64 lowercase hex characters')
+      await t.removeBlob(id)
+      res.writeHead(204).end()
+      return
+    }
     switch (route) {
+      case 'GET /api/v1/blobs': sendJson(res, 200, await t.blobs()); return
       case 'GET /api/v1/daemon': sendJson(res, 200, await t.info()); return
       case 'GET /api/v1/mounts': sendJson(res, 200, await t.list()); return
       case 'POST /api/v1/mounts': sendJson(res, 200, await t.mount(validateMountRequest(await readBody(req)))); return

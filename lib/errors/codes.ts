@@ -69,6 +69,7 @@ export const CODES = {
   NAIAD_FS_SOURCES_EXHAUSTED: { kind: 'Unavailable', summary: 'no blob source was left to try for a byte range', hint: 'every source was excluded or failed; the message names each source and its cause' },
   NAIAD_FS_CHUNK_CORRUPT: { kind: 'DataLoss', summary: 'no source served bytes that match a chunk\'s digest', hint: 'the bad bytes were never served or cached; the message names the sources that served them: check the mirror, or the blob in the registry' },
   NAIAD_FS_BLOB_NOT_FOUND: { kind: 'NotFound', summary: 'a local blob directory has no file for the blob', hint: 'blob files are named by blob id (64 hex characters) in --blob-dir' },
+  NAIAD_FS_BLOB_IN_USE: { kind: 'FailedPrecondition', summary: 'a blob\'s cache cannot be removed while a mount uses it', hint: 'unmount the images that use the blob first (`naiad fsd ls` lists them); the snapshotter releases caches when their images are removed' },
   NAIAD_FS_CACHE_LOCKED: { kind: 'FailedPrecondition', summary: 'the cache directory is in use by another daemon', hint: 'run one fsdaemon per cache dir; the message names the process holding it' },
 
   // p2p (peer, scheduler, preheat)

@@ -8,6 +8,8 @@
  *   POST   /api/v1/mounts                 MountRequest → MountInfo   (idempotent per mountpoint:
  *                                         the same request again answers the existing mount)
  *   DELETE /api/v1/mounts?mountpoint=DIR  204                        (idempotent)
+ *   GET    /api/v1/blobs                  CachedBlobInfo[]           (the chunk cache's blobs)
+ *   DELETE /api/v1/blobs/<blob id>        204 (idempotent); NAIAD_FS_BLOB_IN_USE while mounted
  *   GET    /metrics                       Prometheus text
  *
  * Errors: HTTP status from the error kind, body `{ "error": { code, kind, message, hint } }`.
@@ -66,6 +68,17 @@ export interface MountInfo {
   eio: number
   prefetch: { state: string, chunksDone: number, chunksTotal: number }
   blobs: BlobStats[]
+}
+
+/** A blob in the fsdaemon's chunk cache. */
+export interface CachedBlobInfo {
+  blobId: string
+  /** Allocated bytes of its cache files. */
+  bytes: number
+  /** Mounts using it now. */
+  users: number
+  /** Last use, milliseconds since the epoch. */
+  lastUsed: number
 }
 
 export interface DaemonInfo {
@@ -134,5 +147,8 @@ export class FsdClient {
   async list (signal?: AbortSignal): Promise<MountInfo[]> { return await this.request('GET', '/api/v1/mounts', undefined, signal) }
   async mount (req: MountRequest, signal?: AbortSignal): Promise<MountInfo> { return await this.request('POST', '/api/v1/mounts', req, signal) }
   async unmount (mountpoint: string, signal?: AbortSignal): Promise<void> { await this.request('DELETE', `/api/v1/mounts?mountpoint=${encodeURIComponent(mountpoint)}`, undefined, signal) }
+  async blobs (signal?: AbortSignal): Promise<CachedBlobInfo[]> { return await this.request('GET', '/api/v1/blobs', undefined, signal) }
+  /** Deletes an unused blob's cache files (nothing cached: no error). */
+  async removeBlob (blobId: string, signal?: AbortSignal): Promise<void> { await this.request('DELETE', `/api/v1/blobs/${encodeURIComponent(blobId)}`, undefined, signal) }
   async metrics (signal?: AbortSignal): Promise<string> { return await this.request('GET', '/metrics', undefined, signal) }
 }

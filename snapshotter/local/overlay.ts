@@ -34,6 +34,7 @@ import { mkdir, mkdtemp, readdir, readFile, rename, rm } from 'node:fs/promises'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { NaiadError, causeChain, hasCode, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
+import { Bootstrap } from '../../lib/format/bootstrap.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { parseFilters } from '../filters.ts'
 import { LABEL_CRI_IMAGE_REF, LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, LABEL_STARGZ_REFERENCE, imageRefOf, isTrue } from '../labels.ts'
@@ -99,6 +100,8 @@ export class LocalSnapshotter implements Snapshotter {
   readonly #inFlight = new Set<string>()
   readonly #remote: RemoteFilesystem | undefined
   readonly #materializer: Materializer | undefined
+  /** Blob ids of each bootstrap snapshot's image (read once from its bootstrap). */
+  readonly #blobIds = new Map<number, readonly string[]>()
   /** Serialises the operations that mount or release image lower directories. */
   #lock: Promise<unknown> = Promise.resolve()
 
@@ -423,13 +426,57 @@ export class LocalSnapshotter implements Snapshotter {
     const r = s.get(key)
     const b = r !== undefined && r.kind !== 'committed' ? this.#bootstrapOfKey(s, r) : undefined
     const own = r !== undefined && s.remoteLower(r.id) !== undefined
-    if (b === undefined && !own) { await this.#removePlain(s, key); return }
+    const image = r !== undefined && this.#isBootstrap(r)
+    if (b === undefined && !own && !image) { await this.#removePlain(s, key); return }
     await this.#locked(async () => {
+      // the image's blobs, read before its bootstrap goes
+      const blobs = image && r !== undefined && s.childCount(r.id) === 0 ? await this.#blobsOf(r.id) : []
       // a bootstrap snapshot's own FUSE mount goes before its directory does (removal fails anyway while it has children)
       if (own && r !== undefined && s.childCount(r.id) === 0) await this.#releaseIfUnused(s, r.id)
       await this.#removePlain(s, key)
       if (b !== undefined) await this.#releaseIfUnused(s, b.rec.id)
+      if (r !== undefined) this.#blobIds.delete(r.id)
+      if (blobs.length > 0) await this.#releaseCaches(s, blobs, 'its image was removed', opts)
     })
+  }
+
+  #isBootstrap (r: SnapshotRecord): boolean {
+    return this.#remote !== undefined && r.kind === 'committed' && isTrue(r.labels, LABEL_NYDUS_BOOTSTRAP)
+  }
+
+  /** The blob ids in bootstrap snapshot `id`'s blob table; none when it cannot be read. */
+  async #blobsOf (id: number): Promise<readonly string[]> {
+    const have = this.#blobIds.get(id)
+    if (have !== undefined) return have
+    try {
+      const ids = Bootstrap.parse(await readFile(join(this.#fs(id), 'image', 'image.boot'))).blobs.map((x) => x.blobId)
+      this.#blobIds.set(id, ids)
+      return ids
+    } catch (err) {
+      this.#log.debug({ err, snapshot: id }, 'cannot read the blob table of a bootstrap snapshot')
+      return []
+    }
+  }
+
+  /**
+   * Asks the fsdaemon to delete the caches of `candidates` that no bootstrap snapshot left in the
+   * store lists (another image sharing a blob keeps it) and no mount uses. Logs; never throws:
+   * a cache left behind is evicted under the fsdaemon's quota. Call under #locked.
+   */
+  async #releaseCaches (s: MetaStore, candidates: readonly string[], why: string, opts: OpOptions): Promise<void> {
+    if (this.#remote?.releaseBlobs === undefined) return
+    try {
+      const kept = new Set<string>()
+      for (const r of s.all()) {
+        if (this.#isBootstrap(r)) for (const id of await this.#blobsOf(r.id)) kept.add(id)
+      }
+      const free = [...new Set(candidates)].filter((id) => !kept.has(id))
+      if (free.length === 0) return
+      const released = await this.#remote.releaseBlobs(free, opts)
+      if (released.length > 0) this.#log.info({ blobs: released, why }, 'released the chunk caches of blobs no image uses')
+    } catch (err) {
+      this.#log.warn({ err }, 'releasing blob caches failed; the fsdaemon\'s quota evicts them later')
+    }
   }
 
   async #removePlain (s: MetaStore, key: string): Promise<void> {
@@ -489,6 +536,9 @@ export class LocalSnapshotter implements Snapshotter {
           this.#log.info({ mountpoint: m.mountpoint }, 'cleanup: unmounting an image mount no snapshot uses')
           await this.#remote?.unmount(m.mountpoint).catch((err: unknown) => { this.#log.warn({ err, mountpoint: m.mountpoint }, 'cleanup: unmount failed') })
         }
+        // cached blobs of images removed while the fsdaemon was down, or before a crash
+        const unused = await (this.#remote as RemoteFilesystem).unusedBlobs?.(opts).catch(() => []) ?? []
+        if (unused.length > 0) await this.#releaseCaches(s, unused, 'cleanup: no image of the snapshotter lists them', opts)
       })
     }
     const dir = join(this.#root, 'snapshots')

@@ -48,6 +48,13 @@ export interface RemoteFilesystem {
   alive (mountpoint: string, opts?: RemoteOptions): Promise<boolean>
   /** The mountpoints served now (none when the server is not running; this never starts it). */
   list (opts?: RemoteOptions): Promise<Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }>>
+  /**
+   * Deletes the cached data of these blobs where no mount uses them (their images were removed);
+   * returns the blob ids whose caches are gone. Never starts a server. Optional.
+   */
+  releaseBlobs? (blobIds: readonly string[], opts?: RemoteOptions): Promise<string[]>
+  /** The blobs with cached data that no mount uses now (none when no server runs). Optional. */
+  unusedBlobs? (opts?: RemoteOptions): Promise<string[]>
   /** Unmounts and releases what only this mount used. Unmounting nothing is not an error. */
   unmount (mountpoint: string, opts?: RemoteOptions): Promise<void>
   /** Releases the client; stops the fsdaemon only if configured to. Safe to call twice. */

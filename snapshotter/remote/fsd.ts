@@ -187,6 +187,30 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     }
   }
 
+  async releaseBlobs (blobIds: readonly string[], opts: RemoteOptions = {}): Promise<string[]> {
+    const released: string[] = []
+    for (const id of blobIds) {
+      try {
+        await this.#quick.removeBlob(id, opts.signal)
+        released.push(id)
+      } catch (err) {
+        // in use by a mount of another image, or no fsdaemon (its quota handles it later)
+        if (hasCode(err, 'NAIAD_FS_BLOB_IN_USE') || hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) continue
+        throw err
+      }
+    }
+    return released
+  }
+
+  async unusedBlobs (opts: RemoteOptions = {}): Promise<string[]> {
+    try {
+      return (await this.#quick.blobs(opts.signal)).filter((b) => b.users === 0).map((b) => b.blobId)
+    } catch (err) {
+      if (hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) return []
+      throw err
+    }
+  }
+
   async unmount (mountpoint: string, opts: RemoteOptions = {}): Promise<void> {
     this.#given.delete(mountpoint)
     try {

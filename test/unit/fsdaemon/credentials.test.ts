@@ -33,6 +33,8 @@ describe('control API: credentials in a mount request', () => {
         list: async () => [],
         mount: async (req) => { got.push(req); return info(req) },
         unmount: async () => {},
+        blobs: async () => [],
+        removeBlob: async () => {},
         metrics: async () => ''
       },
       log: nullLogger()
