@@ -19,6 +19,15 @@ export const LABEL_STARGZ_REFERENCE = 'containerd.io/snapshot/remote/stargz.refe
 /** Set by CRI: the layer digest. */
 export const LABEL_CRI_LAYER_DIGEST = 'containerd.io/snapshot/cri.layer-digest'
 
+/** stargz's layer digest label (nerdctl, BuildKit); the fallback when cri.layer-digest is missing. */
+export const LABEL_STARGZ_DIGEST = 'containerd.io/snapshot/remote/stargz.digest'
+
+/** The layer digest named by a snapshot's labels (`sha256:…`): cri.layer-digest, then stargz.digest. */
+export function layerDigestOf (labels: Labels): string | undefined {
+  const v = labels[LABEL_CRI_LAYER_DIGEST] ?? labels[LABEL_STARGZ_DIGEST]
+  return v === undefined || v === '' ? undefined : v
+}
+
 /** containerd's limit (labels/validate.go): key plus value at most 4096 bytes. */
 export const MAX_LABEL_BYTES = 4096
 

@@ -37,7 +37,7 @@ import { NaiadError, causeChain, hasCode, isNaiadError, throwIfAborted } from '.
 import { Bootstrap } from '../../lib/format/bootstrap.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { parseFilters } from '../filters.ts'
-import { LABEL_CRI_IMAGE_REF, LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, LABEL_STARGZ_REFERENCE, imageRefOf, isTrue } from '../labels.ts'
+import { LABEL_CRI_IMAGE_REF, LABEL_NYDUS_BLOB, LABEL_NYDUS_BOOTSTRAP, LABEL_SNAPSHOT_REF, LABEL_STARGZ_REFERENCE, imageRefOf, isTrue, layerDigestOf } from '../labels.ts'
 import type { RemoteFilesystem, RemoteImage } from '../remote/filesystem.ts'
 import { MetaStore, type SnapshotRecord } from '../storage/metastore.ts'
 import type { CreateOptions, Mount, OpOptions, SnapshotInfo, Snapshotter, Usage, WalkOptions } from '../snapshotter.ts'
@@ -290,6 +290,15 @@ export class LocalSnapshotter implements Snapshotter {
     throwIfAborted(opts.signal)
     const s = await this.#ready()
     const r = s.mustGet(key)
+    if (r.kind === 'committed' && this.#remote?.cachedBytes !== undefined && isTrue(r.labels, LABEL_NYDUS_BLOB)) {
+      // a data layer committed remotely holds nothing on disk here: its usage is what the
+      // fsdaemon caches of its blob (what kubelet's image filesystem accounting should see)
+      const digest = layerDigestOf(r.labels)
+      if (digest?.startsWith('sha256:') === true) {
+        const bytes = await this.#remote.cachedBytes(digest.slice('sha256:'.length), opts).catch(() => undefined)
+        if (bytes !== undefined) return { size: bytes + (r.usage?.size ?? 0), inodes: r.usage?.inodes ?? 0 }
+      }
+    }
     if (r.kind === 'committed' && r.usage !== undefined) return r.usage
     return await diskUsage(this.#fs(r.id), opts.signal)
   }

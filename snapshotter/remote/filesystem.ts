@@ -53,6 +53,8 @@ export interface RemoteFilesystem {
    * returns the blob ids whose caches are gone. Never starts a server. Optional.
    */
   releaseBlobs? (blobIds: readonly string[], opts?: RemoteOptions): Promise<string[]>
+  /** Bytes of the blob's data cached on this node; undefined when unknown (no server runs). Optional. */
+  cachedBytes? (blobId: string, opts?: RemoteOptions): Promise<number | undefined>
   /** The blobs with cached data that no mount uses now (none when no server runs). Optional. */
   unusedBlobs? (opts?: RemoteOptions): Promise<string[]>
   /** Unmounts and releases what only this mount used. Unmounting nothing is not an error. */

@@ -202,6 +202,15 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     return released
   }
 
+  async cachedBytes (blobId: string, opts: RemoteOptions = {}): Promise<number | undefined> {
+    try {
+      return (await this.#quick.blobs(opts.signal)).find((b) => b.blobId === blobId)?.bytes ?? 0
+    } catch (err) {
+      if (hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) return undefined
+      throw err
+    }
+  }
+
   async unusedBlobs (opts: RemoteOptions = {}): Promise<string[]> {
     try {
       return (await this.#quick.blobs(opts.signal)).filter((b) => b.users === 0).map((b) => b.blobId)

@@ -5,6 +5,7 @@
  * then the bootstrap, then the data layers) deletes the blob's cache files; a blob that another
  * image still lists keeps its cache; Cleanup deletes cached blobs no image of the snapshotter
  * lists (left by a mount made outside it, or an image removed while the fsdaemon was down).
+ * The Usage of a data layer committed remotely is what the fsdaemon caches of its blob.
  */
 import { execFile } from 'node:child_process'
 import { existsSync, mkdtempSync, readdirSync, readFileSync, rmSync, writeFileSync } from 'node:fs'
@@ -132,6 +133,11 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     const onlyA = blobIdsA.filter((x) => x !== sharedBlob)
     const onlyB = blobIdsB.filter((x) => x !== sharedBlob)
     expect(cached(cacheDir)).toEqual([...blobIdsA, ...onlyB].sort())
+    // Usage of a data layer committed remotely: the bytes the fsdaemon caches of its blob
+    const layerA = a.layers.findIndex((l) => l.digest === `sha256:${onlyA[0]!}`)
+    const usageA = await sn.usage(ua.chainIds[layerA]!)
+    expect(usageA.size).toBeGreaterThanOrEqual(2 << 20)
+    expect(usageA.size).toBe((await fsd.blobs()).find((x) => x.blobId === onlyA[0])?.bytes)
 
     // containers still exist, so the images stay mounted: the caches cannot go
     const err = await fsd.removeBlob(onlyA[0]!).then(() => undefined, (e: Error & { code?: string }) => e)
