@@ -30,7 +30,8 @@ import { NAIAD_BIN, startNaiad, type Daemon } from '../helpers/daemon.ts'
 import { buildImage, pushImage } from '../helpers/images.ts'
 import { openImageStore } from '../../lib/registry/index.ts'
 import { parseManifest } from '../../lib/oci/index.ts'
-import { randomBytes } from 'node:crypto'
+import { createHash, randomBytes } from 'node:crypto'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
 import { haveRegistry, startCountingProxy, startRegistry, type CountingProxy, type RunningRegistry } from '../helpers/registry.ts'
 
 const run = promisify(execFile)
@@ -99,6 +100,8 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
   let listScript = ''
   /** Bytes of the Nydus image's layers (what a full pull downloads). */
   let imageBytes = 0
+  let bigSha = ''
+  let snapArgs: string[] = []
 
   beforeAll(async () => {
     base = await mkdtemp('/tmp/naiad-lazy-')
@@ -119,7 +122,9 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
         },
         (root) => {
           mkdirSync(join(root, 'data'))
-          writeFileSync(join(root, 'data', 'big.bin'), randomBytes(BIG))
+          const big = randomBytes(BIG)
+          bigSha = createHash('sha256').update(big).digest('hex')
+          writeFileSync(join(root, 'data', 'big.bin'), big)
           writeFileSync(join(root, 'data', 'small.txt'), 'a small file\n')
           linkSync(join(root, 'data', 'small.txt'), join(root, 'data', 'small-link.txt'))
           chownSync(join(root, 'data', 'small.txt'), 1234, 5678)
@@ -158,7 +163,8 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
       '[fsdaemon]', `socket = "${join(base, 'fsd.sock')}"`, `binary = "${NAIAD_BIN}"`, `cache_dir = "${join(base, 'fsd-cache')}"`,
       `state_dir = "${join(base, 'fsd-state')}"`, `log_file = "${join(base, 'fsd.log')}"`
     ].join('\n') + '\n')
-    snap = startNaiad(['snapshotter', '--config', cfg, '--stop-fsdaemon', '--log-level', 'debug'])
+    snapArgs = ['snapshotter', '--config', cfg, '--stop-fsdaemon', '--log-level', 'debug']
+    snap = startNaiad(snapArgs)
     await snap.waitFor('ready', 30_000)
     ctd = await startContainerd({ dir: join(base, 'ctd'), snapshotterSocket: join(base, 'snap.sock'), cri: true })
   }, 180_000)
@@ -259,4 +265,58 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
     expect(status.image?.id).toBe(s.config)
     expect(status.image?.repoTags).toContain(ref)
   }, 60_000)
+
+  it('kill -9 of the snapshotter while a container reads: it goes on; kill -9 of the fsdaemon: a clear error, then new containers work', async () => {
+    const id = `lazy-long-${process.pid}`
+    const pid = process.pid
+    await ctd!.ctr(NS, ['run', '-d', '--snapshotter', 'nydus', nydusRef, id, '/bin/busybox', 'sleep', '600'])
+    try {
+      // the container reads the 16 MiB file (fetched lazily) while the snapshotter is dead
+      const reading = ctd!.ctr(NS, ['tasks', 'exec', '--exec-id', `read-${pid}`, id, '/bin/busybox', 'sha256sum', '/data/big.bin'])
+      await snap!.kill()
+      expect((await reading).split(' ')[0]).toBe(bigSha)
+      // the restarted snapshotter re-adopts the fsdaemon and serves new containers
+      snap = startNaiad(snapArgs)
+      await snap.waitFor('ready', 30_000)
+      // containerd redials the proxy snapshotter with gRPC backoff (at most 3 s apart in 1.6): calls
+      // in that window fail Unavailable, and the kubelet retries them; so does this test
+      const runRetrying = async (name: string, cmd: string[]): Promise<string> => {
+        for (let i = 0; ; i++) {
+          try {
+            return await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, name, ...cmd])
+          } catch (e) {
+            if (i >= 20 || !/connection refused|Unavailable/i.test(String(e))) throw e
+            await ctd!.ctr(NS, ['containers', 'delete', name]).catch(() => '')
+            await new Promise((resolve) => setTimeout(resolve, 500))
+          }
+        }
+      }
+      expect(await runRetrying(`after-snap-kill-${pid}`, ['/bin/busybox', 'cat', '/data/small.txt'])).toBe('a small file\n')
+      // the running container is still served
+      expect(await ctd!.ctr(NS, ['tasks', 'exec', '--exec-id', `read2-${pid}`, id, '/bin/busybox', 'cat', '/etc/motd'])).toBe('hello from a lazy naiad image\n')
+
+      // kill -9 of the fsdaemon: the running container's image is gone (documented: ENOTCONN)
+      const fsdPid = (await new FsdClient({ socketPath: join(base, 'fsd.sock') }).daemon()).pid
+      process.kill(fsdPid, 'SIGKILL')
+      for (let i = 0; i < 100; i++) {
+        try { process.kill(fsdPid, 0) } catch { break }
+        await new Promise((resolve) => setTimeout(resolve, 50))
+      }
+      const err = await ctd!.ctr(NS, ['tasks', 'exec', '--exec-id', `read3-${pid}`, id, '/bin/busybox', 'ls', `/data/not-looked-up-${pid}`]).then(() => undefined, (e: Error) => e)
+      expect(String(err?.message)).toMatch(/not connected|connection abort/i)
+      // a new container starts a new fsdaemon, which mounts the image again
+      expect(await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, `after-fsd-kill-${pid}`, '/bin/busybox', 'sha256sum', '/data/big.bin'])).toMatch(new RegExp(`^${bigSha} `))
+      const again = (await new FsdClient({ socketPath: join(base, 'fsd.sock') }).daemon()).pid
+      expect(again).not.toBe(fsdPid)
+    } finally {
+      await ctd!.ctr(NS, ['tasks', 'kill', '-s', 'SIGKILL', id]).catch(() => '')
+      for (let i = 0; i < 100; i++) {
+        const st = await ctd!.ctr(NS, ['tasks', 'ls']).catch(() => '')
+        if (!st.split('\n').some((l) => l.startsWith(id + ' ') && /RUNNING/.test(l))) break
+        await new Promise((resolve) => setTimeout(resolve, 100))
+      }
+      await ctd!.ctr(NS, ['tasks', 'delete', id]).catch(() => '')
+      await ctd!.ctr(NS, ['containers', 'delete', id]).catch(() => '')
+    }
+  }, 180_000)
 })
