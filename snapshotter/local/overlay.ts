@@ -102,8 +102,14 @@ export class LocalSnapshotter implements Snapshotter {
   readonly #materializer: Materializer | undefined
   /** Blob ids of each bootstrap snapshot's image (read once from its bootstrap). */
   readonly #blobIds = new Map<number, readonly string[]>()
-  /** Serialises the operations that mount or release image lower directories. */
-  #lock: Promise<unknown> = Promise.resolve()
+  /**
+   * Serialise the operations that mount or release image lower directories: per image (bootstrap
+   * snapshot id), so a full download of one image never holds up the others; 'all' (start-up
+   * recovery, Cleanup's scan of stray mounts) waits for every image's operations in flight and
+   * holds new ones back until it is done.
+   */
+  readonly #imageLocks = new Map<number, Promise<unknown>>()
+  #allLock: Promise<unknown> = Promise.resolve()
 
   constructor (deps: LocalSnapshotterDeps, options: LocalSnapshotterOptions) {
     this.#log = deps.log.child({ component: 'snapshotter.local' })
@@ -132,9 +138,16 @@ export class LocalSnapshotter implements Snapshotter {
   /** True when Nydus layers get the remote treatment (skip blobs, image lower directories). */
   get #nydus (): boolean { return this.#remote !== undefined || this.#materializer !== undefined }
 
-  async #locked<T> (fn: () => Promise<T>): Promise<T> {
-    const run = this.#lock.then(fn, fn)
-    this.#lock = run.catch(() => {})
+  async #locked<T> (image: number | 'all', fn: () => Promise<T>): Promise<T> {
+    if (image === 'all') {
+      const run = Promise.all([this.#allLock, ...this.#imageLocks.values()]).then(fn, fn)
+      this.#allLock = run.catch(() => {})
+      return await run
+    }
+    const run = Promise.all([this.#allLock, this.#imageLocks.get(image)]).then(fn, fn)
+    const tail = run.catch(() => {})
+    this.#imageLocks.set(image, tail)
+    void tail.then(() => { if (this.#imageLocks.get(image) === tail) this.#imageLocks.delete(image) })
     return await run
   }
 
@@ -161,7 +174,7 @@ export class LocalSnapshotter implements Snapshotter {
 
   /**
    * Makes the image lower directory of bootstrap snapshot `b` available and returns it: the live
-   * FUSE mount, a new one, or (fallback) the image written out in full. Call under #locked.
+   * FUSE mount, a new one, or (fallback) the image written out in full. Call under #locked (the image's, or all).
    */
   async #ensureLower (s: MetaStore, b: BootstrapInChain, signal: AbortSignal | undefined, fallback = true): Promise<string> {
     const id = b.rec.id
@@ -223,7 +236,7 @@ export class LocalSnapshotter implements Snapshotter {
     }
   }
 
-  /** Releases bootstrap snapshot `id`'s FUSE mount when no active snapshot or view uses it. Call under #locked. */
+  /** Releases bootstrap snapshot `id`'s FUSE mount when no active snapshot or view uses it. Call under #locked (the image's, or all). */
   async #releaseIfUnused (s: MetaStore, id: number): Promise<void> {
     const l = s.remoteLower(id)
     if (l === undefined || l.mode !== 'fuse') return
@@ -252,7 +265,7 @@ export class LocalSnapshotter implements Snapshotter {
   async recover (opts: OpOptions = {}): Promise<void> {
     const s = await this.#ready()
     if (this.#remote === undefined) return
-    await this.#locked(async () => {
+    await this.#locked('all', async () => {
       for (const l of s.remoteLowers()) {
         throwIfAborted(opts.signal)
         if (l.mode !== 'fuse') continue
@@ -310,7 +323,7 @@ export class LocalSnapshotter implements Snapshotter {
     if (r.kind === 'committed') throw new NaiadError('NAIAD_SNAP_NOT_ACTIVE', `snapshot ${key} is committed and has no mounts; prepare or view on top of it`)
     const b = this.#bootstrapOfKey(s, r)
     if (b === undefined) return this.#mounts(s, r)
-    return await this.#locked(async () => {
+    return await this.#locked(b.rec.id, async () => {
       const lower = await this.#ensureLower(s, b, opts.signal)
       return this.#mounts(s, r, { above: b.above, lower })
     })
@@ -354,7 +367,7 @@ export class LocalSnapshotter implements Snapshotter {
     const p = parent !== '' ? s.get(parent) : undefined
     const b = p !== undefined && p.kind === 'committed' ? this.#bootstrapOf(s, p) : undefined
     if (b === undefined) return await this.#createPlain(s, kind, key, parent, opts)
-    return await this.#locked(async () => {
+    return await this.#locked(b.rec.id, async () => {
       if (s.get(key) !== undefined) throw new NaiadError('NAIAD_SNAP_ALREADY_EXISTS', `snapshot ${key} already exists`)
       const lower = await this.#ensureLower(s, b, opts.signal)
       return await this.#createPlain(s, kind, key, parent, opts, { above: b.above, lower })
@@ -437,7 +450,7 @@ export class LocalSnapshotter implements Snapshotter {
     const own = r !== undefined && s.remoteLower(r.id) !== undefined
     const image = r !== undefined && this.#isBootstrap(r)
     if (b === undefined && !own && !image) { await this.#removePlain(s, key); return }
-    await this.#locked(async () => {
+    await this.#locked(b !== undefined ? b.rec.id : r!.id, async () => {
       // the image's blobs, read before its bootstrap goes
       const blobs = image && r !== undefined && s.childCount(r.id) === 0 ? await this.#blobsOf(r.id) : []
       // a bootstrap snapshot's own FUSE mount goes before its directory does (removal fails anyway while it has children)
@@ -470,7 +483,7 @@ export class LocalSnapshotter implements Snapshotter {
   /**
    * Asks the fsdaemon to delete the caches of `candidates` that no bootstrap snapshot left in the
    * store lists (another image sharing a blob keeps it) and no mount uses. Logs; never throws:
-   * a cache left behind is evicted under the fsdaemon's quota. Call under #locked.
+   * a cache left behind is evicted under the fsdaemon's quota. Call under #locked (the image's, or all).
    */
   async #releaseCaches (s: MetaStore, candidates: readonly string[], why: string, opts: OpOptions): Promise<void> {
     if (this.#remote?.releaseBlobs === undefined) return
@@ -528,7 +541,7 @@ export class LocalSnapshotter implements Snapshotter {
     throwIfAborted(opts.signal)
     const s = await this.#ready()
     if (this.#remote !== undefined) {
-      await this.#locked(async () => {
+      await this.#locked('all', async () => {
         for (const l of s.remoteLowers()) await this.#releaseIfUnused(s, l.snapshotId)
         // mounts of ours the fsdaemon still serves but no record wants (crash between unmount and the record, or a restarted fsdaemon remounting them)
         let served: Array<{ mountpoint: string, labels: Readonly<Record<string, string>> }> = []
@@ -567,7 +580,7 @@ export class LocalSnapshotter implements Snapshotter {
     if (this.#closed) return
     this.#closed = true
     await this.#opened?.catch(() => {})
-    await this.#lock.catch(() => {})
+    await Promise.all([this.#allLock, ...this.#imageLocks.values()]).catch(() => {})
     this.#store.close()
     await this.#remote?.close()
   }

@@ -14,6 +14,7 @@ import { LocalSnapshotter } from '../../../snapshotter/local/overlay.ts'
 import { FsdRemoteFilesystem } from '../../../snapshotter/remote/fsd.ts'
 import { RegistryMaterializer } from '../../../snapshotter/remote/materialize.ts'
 import type { SnapshotInfo } from '../../../snapshotter/snapshotter.ts'
+import type { RemoteFilesystem, RemoteImage } from '../../../snapshotter/remote/filesystem.ts'
 import { snapshotterConformance } from '../../conformance/snapshotter.ts'
 
 const REF = 'containerd.io/snapshot.ref'
@@ -126,5 +127,67 @@ describe('remote-snapshot protocol', () => {
     const err = await s.prepare('container', top).then(() => undefined, (e: unknown) => e) as Error & { code: string }
     expect(err.code).toBe('NAIAD_SNAP_REMOTE')
     expect(err.message).toMatch(/cri\.image-ref/)
+  })
+
+  it('a full download of one image does not hold up the containers of another (per-image locks)', async () => {
+    dir = await mkdtemp(join(tmpdir(), 'naiad-remoteproto-'))
+    // unit-level stand-ins: a mount that works for image "fast" and fails for "slow", and a full
+    // download of "slow" that waits until the test lets it finish
+    const mounted = new Set<string>()
+    const remote: RemoteFilesystem = {
+      mount: async (mp: string, image: RemoteImage) => {
+        if (image.image.includes('slow')) throw new Error('no lazy path for this image')
+        await mkdir(mp, { recursive: true })
+        mounted.add(mp)
+      },
+      alive: async (mp: string) => mounted.has(mp),
+      list: async () => [...mounted].map((mountpoint) => ({ mountpoint, labels: {} })),
+      unmount: async (mp: string) => { mounted.delete(mp) },
+      close: async () => {}
+    }
+    let finish!: () => void
+    const gate = new Promise<void>((resolve) => { finish = resolve })
+    let started!: () => void
+    const downloading = new Promise<void>((resolve) => { started = resolve })
+    const materializer = {
+      materialize: async (d: string): Promise<void> => {
+        started()
+        await gate
+        await mkdir(d, { recursive: true })
+        await writeFile(join(d, 'hello'), 'slow\n')
+      }
+    }
+    sn = new LocalSnapshotter({ log: nullLogger(), remote, materializer }, { root: join(dir, 'root') })
+    const s = sn
+    const chain = async (name: string): Promise<string> => {
+      const img = { [IMAGE]: `r.example/${name}:nydus` }
+      await s.prepare(`x1 ${name}`, '', { labels: { [REF]: `sha256:${name}-data`, [BLOB]: 'true', ...img } }).catch(() => {})
+      const boot = { [REF]: `sha256:${name}-boot`, [BOOT]: 'true', ...img }
+      const m = await s.prepare(`x2 ${name}`, `sha256:${name}-data`, { labels: boot })
+      const fs = m[0]!.type === 'bind' ? m[0]!.source : m[0]!.options.find((o) => o.startsWith('upperdir='))!.slice('upperdir='.length)
+      await mkdir(join(fs, 'image'))
+      await writeFile(join(fs, 'image', 'image.boot'), 'not read by these stand-ins')
+      await s.commit(`sha256:${name}-boot`, `x2 ${name}`, { labels: boot })
+      return `sha256:${name}-boot`
+    }
+    const slow = await chain('slow')
+    const fast = await chain('fast')
+    const slowPrepare = s.prepare('c-slow', slow)
+    await downloading
+    // while "slow" is being downloaded in full, a container of "fast" is prepared, and removed
+    const m = await s.prepare('c-fast', fast)
+    expect(m[0]!.options.find((o) => o.startsWith('lowerdir='))).toMatch(/\/mnt$/)
+    await s.remove('c-fast')
+    expect(mounted.size).toBe(0)
+    let slowDone = false
+    void slowPrepare.then(() => { slowDone = true })
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect(slowDone).toBe(false)
+    finish()
+    const ms = await slowPrepare
+    expect(ms[0]!.options.find((o) => o.startsWith('lowerdir='))).toMatch(/\/rootfs$/)
+    // Cleanup (all images) waits for nothing now and leaves both images usable
+    await s.cleanup()
+    await s.remove('c-slow')
   })
 })
