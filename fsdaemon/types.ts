@@ -72,6 +72,13 @@ export interface ChunkReader {
   /** Makes the chunks ready (fetching missing ones, merged), e.g. for prefetch. */
   ensure (refs: readonly ChunkRef[], fetcher: ChunkFetcher, opts?: FetchOptions): Promise<void>
   isReady (chunkIndex: number): boolean
+  /**
+   * If the chunk is ready in the cache file, reads `into.length` bytes at `offset` within it
+   * straight into `into`, synchronously (a pread of the cache file, which is never on a FUSE
+   * mount), and returns true. False when the chunk is not ready or the read fell short or failed:
+   * the caller then uses read(), which fetches, retries and reports.
+   */
+  readReadySync? (ref: ChunkRef, offset: number, into: Buffer): boolean
   readonly blob: BlobInfo
   stats (): BlobCacheStats
 }

@@ -26,7 +26,7 @@
  * aborts fetches in flight.
  */
 import { setMaxListeners } from 'node:events'
-import { constants } from 'node:fs'
+import { constants, readSync } from 'node:fs'
 import { mkdir, open, type FileHandle } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NaiadError, ioError, isNaiadError, throwIfAborted } from '../../lib/errors/index.ts'
@@ -279,6 +279,25 @@ export class BlobCache implements ChunkReader {
 
   isReady (chunkIndex: number): boolean {
     return testBit(this.ready, chunkIndex)
+  }
+
+  readReadySync (ref: ChunkRef, offset: number, into: Buffer): boolean {
+    if (this.state !== 'open' || !testBit(this.ready, ref.index) || ref.blob.blobId !== this.blob.blobId) return false
+    const length = into.length
+    if (length === 0 || offset < 0 || offset + length > ref.uncompressedSize || ref.uncompressedOffset + offset + length > this.blob.uncompressedSize) return false
+    const fd = (this.dataFh as FileHandle).fd
+    let got = 0
+    try {
+      while (got < length) {
+        const n = readSync(fd, into, got, length - got, ref.uncompressedOffset + offset + got)
+        if (n === 0) return false
+        got += n
+      }
+    } catch {
+      return false // read() tries again and deals with it
+    }
+    this.counters.cacheHits++
+    return true
   }
 
   private checkRef (ref: ChunkRef): void {

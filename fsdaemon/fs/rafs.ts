@@ -162,23 +162,7 @@ export class RafsFilesystem implements FuseFilesystem {
     const first = Math.floor(offset / cs)
     const last = Math.floor((end - 1) / cs)
     this.readStats.reads++
-    // the kernel sends a sequential read's pieces concurrently and slightly out of order: treat a
-    // read near where the last one ended as sequential
-    const prev = this.lastEnd.get(nid)
-    const sequential = offset === 0 || (prev !== undefined && Math.abs(offset - prev) <= 2 * Math.max(cs, this.readahead))
-    if (this.lastEnd.size > 4096) { this.lastEnd.clear(); this.aheadUntil.clear() }
-    if (prev === undefined || end > prev) this.lastEnd.set(nid, end)
-    if (sequential && this.readahead > 0) {
-      // start a whole window at a time once less than half of it is left, so the cache merges
-      // it into large requests (a window sliding chunk by chunk would fetch chunk by chunk)
-      const window = Math.max(1, Math.ceil(this.readahead / cs))
-      const until = this.aheadUntil.get(nid) ?? 0
-      if (until - last <= window / 2) {
-        const from = Math.max(until, last + 1)
-        this.aheadUntil.set(nid, last + 1 + window)
-        this.readAhead(chunks, from, last + 1 + window)
-      }
-    }
+    this.track(nid, chunks, offset, end, last)
     const into = opts.into !== undefined && opts.into.length >= end - offset ? opts.into : undefined
     const { into: _into, ...fetchOpts } = opts
     try {
@@ -217,6 +201,71 @@ export class RafsFilesystem implements FuseFilesystem {
       }, 'read failed after retries on every source: answering EIO')
       throw new FuseErrno(Errno.EIO)
     }
+  }
+
+  /**
+   * Sequential-read detection and readahead, for a read of [offset, end) of `nid` whose last
+   * chunk is `last`.
+   */
+  private track (nid: number, chunks: ChunkRef[], offset: number, end: number, last: number): void {
+    const cs = this.b.chunkSize
+    // the kernel sends a sequential read's pieces concurrently and slightly out of order: treat a
+    // read near where the last one ended as sequential
+    const prev = this.lastEnd.get(nid)
+    const sequential = offset === 0 || (prev !== undefined && Math.abs(offset - prev) <= 2 * Math.max(cs, this.readahead))
+    if (this.lastEnd.size > 4096) { this.lastEnd.clear(); this.aheadUntil.clear() }
+    if (prev === undefined || end > prev) this.lastEnd.set(nid, end)
+    if (sequential && this.readahead > 0) {
+      // start a whole window at a time once less than half of it is left, so the cache merges
+      // it into large requests (a window sliding chunk by chunk would fetch chunk by chunk)
+      const window = Math.max(1, Math.ceil(this.readahead / cs))
+      const until = this.aheadUntil.get(nid) ?? 0
+      if (until - last <= window / 2) {
+        const from = Math.max(until, last + 1)
+        this.aheadUntil.set(nid, last + 1 + window)
+        this.readAhead(chunks, from, last + 1 + window)
+      }
+    }
+  }
+
+  /**
+   * The fast path for data already in the cache files: reads [offset, offset + size) of a
+   * regular file into `into` synchronously and returns the view of it holding the data, or
+   * undefined (nothing done) when any chunk of it is not ready or anything is unusual; read()
+   * handles those.
+   */
+  readCached (nodeid: number, offset: number, size: number, into: Buffer): Buffer | undefined {
+    if (nodeid < 1 || size === 0 || into.length < size) return undefined
+    const nid = nodeid === 1 ? this.b.rootNid : nodeid - 2
+    let a: BootstrapInode
+    try {
+      a = this.b.inode(nid)
+    } catch {
+      return undefined
+    }
+    if (a.type !== 'file' || offset >= a.size) return undefined
+    const end = Math.min(a.size, offset + size)
+    const chunks = this.b.chunks(nid)
+    const cs = this.b.chunkSize
+    const first = Math.floor(offset / cs)
+    const last = Math.floor((end - 1) / cs)
+    for (let i = first; i <= last; i++) {
+      const ref = chunks[i]
+      if (ref === undefined) return undefined
+      const cache = this.deps.cacheFor(ref.blob)
+      if (cache.readReadySync === undefined || !cache.isReady(ref.index)) return undefined
+    }
+    for (let i = first; i <= last; i++) {
+      const ref = chunks[i]!
+      const from = i === first ? offset - i * cs : 0
+      const to = i === last ? end - i * cs : ref.uncompressedSize
+      const pos = i * cs + from - offset
+      if (!this.deps.cacheFor(ref.blob).readReadySync!(ref, from, into.subarray(pos, pos + to - from))) return undefined
+    }
+    this.readStats.reads++
+    this.readStats.bytes += end - offset
+    this.track(nid, chunks, offset, end, last)
+    return into.subarray(0, end - offset)
   }
 
   /**

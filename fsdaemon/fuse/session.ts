@@ -57,6 +57,12 @@ export interface FuseFilesystem {
    * it once the reply is written, so the result must not be kept.
    */
   read (nodeid: number, offset: number, size: number, opts?: { into?: Buffer }): Promise<Buffer>
+  /**
+   * Optional fast path: the data at once if it can be had without waiting (read synchronously
+   * from somewhere that is not this mount into `into`, `size` bytes), else undefined, and the
+   * session calls read().
+   */
+  readCached? (nodeid: number, offset: number, size: number, into: Buffer): Buffer | undefined
   opendir (nodeid: number): Promise<void>
   /** The whole listing including "." and ".."; the session pages through it by index. */
   readdir (nodeid: number): Promise<readonly FuseDirEntry[]>
@@ -244,6 +250,11 @@ export class FuseSession {
 
   /** reply(), then `done` once the kernel has the bytes (or the write failed). */
   private replyThen (done: (() => void) | undefined, unique: bigint, error: number, ...parts: Buffer[]): void {
+    this.writeReply(unique, error, parts, false, done)
+  }
+
+  /** `sync`: written at once whatever its size (else only small replies are). */
+  private writeReply (unique: bigint, error: number, parts: Buffer[], sync: boolean, done: (() => void) | undefined): void {
     if (this.fd < 0) { done?.(); return }
     const len = OUT_HEADER + parts.reduce((s, p) => s + p.length, 0)
     // one writev: the kernel takes a reply only as a single write, and no copy of the data
@@ -252,7 +263,7 @@ export class FuseSession {
       // ENOENT: the request was interrupted and is gone; anything else is worth a log line
       if (err !== null && err.code !== 'ENOENT' && err.code !== 'EBADF') this.deps.log.warn({ err }, 'writing a FUSE reply failed')
     }
-    if (len <= SYNC_REPLY_MAX) {
+    if (sync || len <= SYNC_REPLY_MAX) {
       // small replies (everything but file data) are written at once: a write to /dev/fuse
       // never blocks, and a trip through libuv's threadpool would add latency to every
       // metadata request of a walk
@@ -294,6 +305,7 @@ export class FuseSession {
       return
     }
     this.stats.requests++
+    if (h.opcode === Op.READ && this.fastRead(h, req)) return
     this.handle(h, req).catch((err: unknown) => {
       if (err instanceof FuseErrno) {
         this.reply(h.unique, err.errno)
@@ -303,6 +315,37 @@ export class FuseSession {
       if (!(err instanceof ProtocolError)) this.deps.log.error({ err, opcode: h.opcode, nodeid: h.nodeid }, 'FUSE request failed')
       this.reply(h.unique, err instanceof ProtocolError ? Errno.EINVAL : Errno.EIO)
     })
+  }
+
+  /**
+   * READ of data the filesystem has at hand (cached chunks): read and answered synchronously, no
+   * trip through libuv's threadpool (the copies from and to the page cache are fast).
+   */
+  private fastRead (h: InHeader, req: Buffer): boolean {
+    const fs = this.deps.fs
+    if (fs.readCached === undefined) return false
+    let r: { offset: number, size: number }
+    try {
+      r = decodeReadIn(req)
+    } catch {
+      return false
+    }
+    if (r.size > this.opts.maxRead || r.size === 0) return false
+    const into = this.takeReplyBuffer(r.size)
+    let data: Buffer | undefined
+    try {
+      data = fs.readCached(h.nodeid, r.offset, r.size, into.subarray(0, r.size))
+    } catch {
+      data = undefined
+    }
+    if (data === undefined) {
+      this.giveReplyBuffer(into)
+      return false
+    }
+    this.stats.bytesRead += data.length
+    this.writeReply(h.unique, 0, [data], true, undefined)
+    this.giveReplyBuffer(into)
+    return true
   }
 
   private async handle (h: InHeader, req: Buffer): Promise<void> {
