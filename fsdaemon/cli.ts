@@ -89,4 +89,22 @@ export function registerFsdCommands (program: Command, io: Io, setExit: (code: n
         setExit(0)
       } catch (err) { setExit(printError(io, err)) }
     })
+  sock(ctl.command('blobs'))
+    .description('the chunk cache\'s blobs: id, bytes on disk, mounts using it, last use (JSON)')
+    .action(async (o: { socket: string }) => {
+      try {
+        io.stdout.write(JSON.stringify(await new FsdClient({ socketPath: o.socket }).blobs(), null, 2) + '\n')
+        setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
+  sock(ctl.command('rm-blob'))
+    .description('delete the cache of blobs no mount uses (NAIAD_FS_BLOB_IN_USE otherwise)')
+    .argument('<blob-id...>', 'blob ids (64 hex characters; the layer digest without sha256:)')
+    .action(async (ids: string[], o: { socket: string }) => {
+      try {
+        const client = new FsdClient({ socketPath: o.socket })
+        for (const id of ids) await client.removeBlob(id.replace(/^sha256:/, ''))
+        setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
 }

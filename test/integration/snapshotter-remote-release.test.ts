@@ -33,6 +33,14 @@ async function naiad (...argv: string[]): Promise<{ code: number, err: string }>
   return { code, err: err.join('') }
 }
 
+async function naiadOut (...argv: string[]): Promise<{ code: number, out: string, err: string }> {
+  const out: string[] = []
+  const err: string[] = []
+  const w = (x: string[]): Writable => new Writable({ write (c, _e, cb) { x.push(String(c)); cb() } })
+  const code = await run(argv, { stdout: w(out), stderr: w(err) })
+  return { code, out: out.join(''), err: err.join('') }
+}
+
 /** Blob ids with cache files in `dir`. */
 function cached (dir: string): string[] {
   if (!existsSync(dir)) return []
@@ -143,6 +151,14 @@ describe.skipIf(!existsSync(NAIAD_BIN) || !existsSync('/dev/fuse'))('snapshotter
     const err = await fsd.removeBlob(onlyA[0]!).then(() => undefined, (e: Error & { code?: string }) => e)
     expect(err?.code).toBe('NAIAD_FS_BLOB_IN_USE')
     expect((await fsd.blobs()).find((x) => x.blobId === onlyA[0])?.users).toBe(1)
+    // the same through the CLI
+    const sock = join(work, 'fsd.sock')
+    const listed = await naiadOut('fsctl', 'blobs', '--socket', sock)
+    expect(listed.code).toBe(0)
+    expect((JSON.parse(listed.out) as Array<{ blobId: string }>).map((x) => x.blobId).sort()).toEqual([...blobIdsA, ...onlyB].sort())
+    const rm = await naiadOut('fsctl', 'rm-blob', '--socket', sock, `sha256:${onlyA[0]!}`)
+    expect(rm.code).not.toBe(0)
+    expect(rm.err).toContain('NAIAD_FS_BLOB_IN_USE')
 
     await sn.remove('ca')
     await removeImage(ua.chainIds)
