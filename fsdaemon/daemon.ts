@@ -265,6 +265,7 @@ export class FsDaemon {
 
   private info (m: Mount): MountInfo {
     const p = m.prefetch?.stats()
+    m.session.statistics() // folds the reads its reader threads answered into fs and cache statistics
     return {
       mountpoint: m.request.mountpoint,
       ...(m.request.image !== undefined ? { image: m.request.image } : {}),

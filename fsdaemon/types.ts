@@ -79,6 +79,10 @@ export interface ChunkReader {
    * the caller then uses read(), which fetches, retries and reports.
    */
   readReadySync? (ref: ChunkRef, offset: number, into: Buffer): boolean
+  /** The cache file (chunk bytes at their uncompressedOffset), if there is one. */
+  readonly dataPath?: string
+  /** Counts cache hits served by someone else from `dataPath` (FUSE reader threads). */
+  countHits? (n: number): void
   readonly blob: BlobInfo
   stats (): BlobCacheStats
 }

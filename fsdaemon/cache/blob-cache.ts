@@ -281,6 +281,10 @@ export class BlobCache implements ChunkReader {
     return testBit(this.ready, chunkIndex)
   }
 
+  countHits (n: number): void {
+    this.counters.cacheHits += n
+  }
+
   readReadySync (ref: ChunkRef, offset: number, into: Buffer): boolean {
     if (this.state !== 'open' || !testBit(this.ready, ref.index) || ref.blob.blobId !== this.blob.blobId) return false
     const length = into.length

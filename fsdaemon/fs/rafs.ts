@@ -10,7 +10,7 @@ import type { Bootstrap, BootstrapInode } from '../../lib/format/bootstrap.ts'
 import type { BlobInfo, ChunkRef } from '../../lib/format/types.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import { isNaiadError } from '../../lib/errors/index.ts'
-import { FuseErrno, Errno, DT, type Attr, type FuseDirEntry, type FuseEntry, type FuseFilesystem, type StatFs } from '../fuse/session.ts'
+import { FuseErrno, Errno, DT, type Attr, type DirectExtent, type FuseDirEntry, type FuseEntry, type FuseFilesystem, type StatFs } from '../fuse/session.ts'
 import type { ChunkFetcher, ChunkReader, FetchOptions } from '../types.ts'
 
 const TYPE_MODE: Record<BootstrapInode['type'], number> = { socket: 0o140000, symlink: 0o120000, file: 0o100000, block: 0o060000, dir: 0o040000, char: 0o020000, fifo: 0o010000 }
@@ -266,6 +266,46 @@ export class RafsFilesystem implements FuseFilesystem {
     this.readStats.bytes += end - offset
     this.track(nid, chunks, offset, end, last)
     return into.subarray(0, end - offset)
+  }
+
+  /**
+   * Where a regular file's bytes lie in one piece of a cache file, when they do: all its chunks
+   * ready, in one blob, each following the last in the blob's uncompressed layout (as the
+   * converter writes a file; not for chunks deduplicated from elsewhere).
+   */
+  directExtent (nodeid: number): DirectExtent | undefined {
+    if (nodeid < 1) return undefined
+    const nid = nodeid === 1 ? this.b.rootNid : nodeid - 2
+    let a: BootstrapInode
+    try {
+      a = this.b.inode(nid)
+    } catch {
+      return undefined
+    }
+    if (a.type !== 'file' || a.size === 0) return undefined
+    const chunks = this.b.chunks(nid)
+    const cs = this.b.chunkSize
+    const n = Math.ceil(a.size / cs)
+    const c0 = chunks[0]
+    if (c0 === undefined || chunks.length !== n) return undefined
+    const cache = this.deps.cacheFor(c0.blob)
+    const path = cache.dataPath
+    if (path === undefined || c0.uncompressedOffset + a.size > c0.blob.uncompressedSize) return undefined
+    for (let i = 0; i < n; i++) {
+      const c = chunks[i]!
+      const size = i < n - 1 ? cs : a.size - i * cs
+      if (c.blob !== c0.blob || c.uncompressedOffset !== c0.uncompressedOffset + i * cs || c.uncompressedSize !== size || !cache.isReady(c.index)) return undefined
+    }
+    return {
+      path,
+      offset: c0.uncompressedOffset,
+      size: a.size,
+      served: (reads, bytes) => {
+        this.readStats.reads += reads
+        this.readStats.bytes += bytes
+        cache.countHits?.(reads)
+      }
+    }
   }
 
   /**

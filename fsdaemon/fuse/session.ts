@@ -17,7 +17,7 @@
  */
 import { spawn } from 'node:child_process'
 import { open as openFile, writev as writevFd, writevSync, close as closeFd } from 'node:fs'
-import { Worker } from 'node:worker_threads'
+import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 import { readFile, writeFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
 import type { Logger } from '../../lib/log/index.ts'
@@ -58,6 +58,13 @@ export interface FuseFilesystem {
    */
   read (nodeid: number, offset: number, size: number, opts?: { into?: Buffer }): Promise<Buffer>
   /**
+   * Optional: where a regular file's bytes lie in one piece in a local file (not on this mount)
+   * that will not change while mounted, if they do now (all cached). The session's reader
+   * threads then answer its READs themselves; `served` is called (later, batched) with what they
+   * served, for statistics.
+   */
+  directExtent? (nodeid: number): DirectExtent | undefined
+  /**
    * Optional fast path: the data at once if it can be had without waiting (read synchronously
    * from somewhere that is not this mount into `into`, `size` bytes), else undefined, and the
    * session calls read().
@@ -69,6 +76,15 @@ export interface FuseFilesystem {
   getxattr (nodeid: number, name: Buffer): Promise<Buffer | null>
   listxattr (nodeid: number): Promise<readonly Buffer[]>
   statfs (): Promise<StatFs>
+}
+
+export interface DirectExtent {
+  path: string
+  /** Where the file's first byte is in `path`. */
+  offset: number
+  /** The file's size. */
+  size: number
+  served: (reads: number, bytes: number) => void
 }
 
 export interface FuseSessionOptions {
@@ -106,14 +122,71 @@ const MAX_WRITE = 128 * 1024
 const SYNC_REPLY_MAX = 64 * 1024
 const BUF_SIZE = MAX_WRITE + 4096 + IN_HEADER
 
-/** The reader thread (CommonJS, evaluated: no file to locate from dist/ or from source). */
+/**
+ * The reader thread (CommonJS, evaluated: no file to locate from dist/ or from source).
+ *
+ * It also answers READs of "direct" files itself: files whose bytes lie in one piece of a local
+ * file (a blob cache file, never on this mount) that the main thread registered through `port`
+ * once they were wholly cached. Those are a pread into the reply and one write to /dev/fuse, in
+ * this thread, without a message to the main thread; anything unusual (a short read) goes to the
+ * main thread as any other request. What it served is counted in `counters` (per extent slot:
+ * reads, bytes; this thread's own region), which the main thread folds into its statistics.
+ */
 const READER_WORKER = `
-const { readSync } = require('node:fs')
-const { parentPort, workerData } = require('node:worker_threads')
-const { fd, size } = workerData
+const { readSync, writeSync, openSync, closeSync } = require('node:fs')
+const { parentPort, workerData, receiveMessageOnPort } = require('node:worker_threads')
+const { fd, size, port, counters, region, maxRead } = workerData
 // one read buffer for the thread's life; each request is posted as a right-sized copy (requests
 // of a read-only filesystem are small), so no large buffer is allocated per request
-const buf = new Uint8Array(size)
+const buf = Buffer.allocUnsafeSlow(size)
+const out = Buffer.allocUnsafeSlow(maxRead + 16)
+const count = new BigUint64Array(counters)
+const extents = new Map()
+const files = new Map()
+function control () {
+  for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
+    const e = m.message
+    let f = files.get(e.path)
+    if (f === undefined) {
+      try { f = openSync(e.path, 'r') } catch { continue }
+      files.set(e.path, f)
+    }
+    extents.set(e.nodeid, { fd: f, base: e.base, size: e.size, slot: region + 2 * e.slot })
+  }
+}
+function direct (n) {
+  if (n < 64 || buf.readUInt32LE(4) !== 15) return false
+  control()
+  if (extents.size === 0) return false
+  const e = extents.get(Number(buf.readBigUInt64LE(16)))
+  if (e === undefined) return false
+  const off = Number(buf.readBigUInt64LE(48))
+  const want = buf.readUInt32LE(56)
+  if (off >= e.size || want > maxRead) return false
+  const len = Math.min(want, e.size - off)
+  let got = 0
+  try {
+    while (got < len) {
+      const r = readSync(e.fd, out, 16 + got, len - got, e.base + off + got)
+      if (r === 0) return false
+      got += r
+    }
+  } catch {
+    return false
+  }
+  out.writeUInt32LE(16 + len, 0)
+  out.writeInt32LE(0, 4)
+  buf.copy(out, 8, 8, 16)
+  try {
+    writeSync(fd, out, 0, 16 + len)
+  } catch (err) {
+    // ENOENT: the request was interrupted and is gone
+    if (err.code !== 'ENOENT') parentPort.postMessage({ warn: err.code || String(err) })
+  }
+  Atomics.add(count, e.slot, 1n)
+  Atomics.add(count, e.slot + 1, BigInt(len))
+  return true
+}
 for (;;) {
   let n
   try {
@@ -124,10 +197,15 @@ for (;;) {
     break
   }
   if (n === 0) { parentPort.postMessage({ end: 'EOF' }); break }
-  const req = buf.buffer.slice(0, n)
+  if (direct(n)) continue
+  const req = buf.buffer.slice(buf.byteOffset, buf.byteOffset + n)
   parentPort.postMessage({ buf: req, n }, [req])
 }
+for (const f of files.values()) { try { closeSync(f) } catch {} }
 `
+
+/** Most direct files per session (the slots of the shared counters). */
+const MAX_DIRECT = 4096
 
 function runMount (args: string[], fd?: number): Promise<void> {
   return new Promise((resolve, reject) => {
@@ -172,11 +250,15 @@ export class FuseSession {
       maxRead: opts.maxRead ?? 1024 * 1024,
       readAheadKb: opts.readAheadKb ?? 4096
     }
+    this.counters = new SharedArrayBuffer(this.opts.readers * MAX_DIRECT * 2 * 8)
   }
 
   get mountpoint (): string { return this.opts.mountpoint }
 
-  statistics (): FuseStats { return { ...this.stats } }
+  statistics (): FuseStats {
+    this.flushDirect()
+    return { ...this.stats }
+  }
 
   /** Opens /dev/fuse, mounts, and starts serving. Resolves once the kernel's INIT is answered. */
   async mount (): Promise<void> {
@@ -193,7 +275,10 @@ export class FuseSession {
     let initResolve!: () => void
     const init = new Promise<void>((resolve) => { initResolve = resolve })
     this.onInit = initResolve
-    this.loopDone = Promise.all(Array.from({ length: this.opts.readers }, async () => { await this.readLoop() })).then(() => {})
+    this.loopDone = Promise.all(Array.from({ length: this.opts.readers }, async (_, k) => { await this.readLoop(k) })).then(() => {})
+    this.flushTimer = setInterval(() => { this.flushDirect() }, 1000)
+    this.flushTimer.unref()
+    void this.loopDone.then(() => { clearInterval(this.flushTimer); this.flushDirect() })
     await Promise.race([init, this.loopDone.then(() => { throw new Error('FUSE session ended before INIT') })])
     if (this.opts.readAheadKb > 0) await this.setReadAhead(this.opts.readAheadKb)
   }
@@ -225,12 +310,24 @@ export class FuseSession {
    * One reader: a worker thread blocked in read(2) on /dev/fuse, posting each request here. It
    * ends when the kernel ends the session (ENODEV after unmount) or the descriptor is closed.
    */
-  private async readLoop (): Promise<void> {
-    const worker = new Worker(READER_WORKER, { eval: true, workerData: { fd: this.fd, size: BUF_SIZE } })
+  private async readLoop (k: number): Promise<void> {
+    const { port1, port2 } = new MessageChannel()
+    const worker = new Worker(READER_WORKER, {
+      eval: true,
+      workerData: { fd: this.fd, size: BUF_SIZE, port: port2, counters: this.counters, region: k * MAX_DIRECT * 2, maxRead: this.opts.maxRead },
+      transferList: [port2]
+    })
+    // extents registered before this thread started
+    for (const [nodeid, d] of this.direct) port1.postMessage({ nodeid, path: d.ext.path, base: d.ext.offset, size: d.ext.size, slot: d.slot })
+    this.ports.add(port1)
     worker.unref()
     this.workers.add(worker)
     await new Promise<void>((resolve) => {
-      worker.on('message', (m: { buf?: ArrayBuffer, n?: number, end?: string }) => {
+      worker.on('message', (m: { buf?: ArrayBuffer, n?: number, end?: string, warn?: string }) => {
+        if (m.warn !== undefined) {
+          this.deps.log.warn({ errno: m.warn }, 'writing a FUSE reply failed')
+          return
+        }
         if (m.end !== undefined) {
           if (m.end !== 'ENODEV' && m.end !== 'EBADF') this.deps.log.error({ errno: m.end }, 'reading /dev/fuse failed')
           resolve()
@@ -242,6 +339,67 @@ export class FuseSession {
       worker.on('exit', () => { resolve() })
     })
     this.workers.delete(worker)
+    this.ports.delete(port1)
+    port1.close()
+  }
+
+  // direct files: answered by the reader threads (see READER_WORKER)
+  private readonly counters: SharedArrayBuffer
+  private readonly ports = new Set<MessagePort>()
+  private readonly direct = new Map<number, { slot: number, ext: DirectExtent, reads: number, bytes: number }>()
+  /** Per node id not (yet) direct: fast reads to let pass before asking again. */
+  private readonly directWait = new Map<number, number>()
+  private flushTimer: NodeJS.Timeout | undefined
+
+  /** After a READ of `nodeid` answered from cached data: make the file direct if it can be. */
+  private maybeDirect (nodeid: number): void {
+    const fs = this.deps.fs
+    if (fs.directExtent === undefined || this.direct.has(nodeid) || this.direct.size >= MAX_DIRECT) return
+    const wait = this.directWait.get(nodeid) ?? 0
+    if (wait > 0) { this.directWait.set(nodeid, wait - 1); return }
+    let ext: DirectExtent | undefined
+    try {
+      ext = fs.directExtent(nodeid)
+    } catch {
+      ext = undefined
+    }
+    if (ext === undefined) {
+      // (asking costs a look at each chunk of the file: not at every read)
+      if (this.directWait.size > 4096) this.directWait.clear()
+      this.directWait.set(nodeid, 32)
+      return
+    }
+    this.directWait.delete(nodeid)
+    const slot = this.direct.size
+    this.direct.set(nodeid, { slot, ext, reads: 0, bytes: 0 })
+    for (const p of this.ports) p.postMessage({ nodeid, path: ext.path, base: ext.offset, size: ext.size, slot })
+  }
+
+  /** Folds what the reader threads served into the statistics. */
+  private flushDirect (): void {
+    if (this.direct.size === 0) return
+    const count = new BigUint64Array(this.counters)
+    for (const d of this.direct.values()) {
+      let reads = 0
+      let bytes = 0
+      for (let k = 0; k < this.opts.readers; k++) {
+        const i = k * MAX_DIRECT * 2 + 2 * d.slot
+        reads += Number(Atomics.load(count, i))
+        bytes += Number(Atomics.load(count, i + 1))
+      }
+      if (reads === d.reads) continue
+      const dr = reads - d.reads
+      const db = bytes - d.bytes
+      d.reads = reads
+      d.bytes = bytes
+      this.stats.requests += dr
+      this.stats.bytesRead += db
+      try {
+        d.ext.served(dr, db)
+      } catch (err) {
+        this.deps.log.error({ err }, 'counting direct reads failed')
+      }
+    }
   }
 
   private reply (unique: bigint, error: number, ...parts: Buffer[]): void {
@@ -345,6 +503,7 @@ export class FuseSession {
     this.stats.bytesRead += data.length
     this.writeReply(h.unique, 0, [data], true, undefined)
     this.giveReplyBuffer(into)
+    this.maybeDirect(h.nodeid)
     return true
   }
 

@@ -194,8 +194,24 @@ describe('fsdaemon against a real registry', () => {
     expect(ready).toBe(65)
     // reading now costs the registry nothing
     proxy.reset()
-    await exec('sha256sum', [join(mnt, 'big.bin')])
+    const want = (await exec('sha256sum', [join(work, 'lazy', 'layer0', 'big.bin')])).stdout.split(' ')[0]
+    expect((await exec('sha256sum', [join(mnt, 'big.bin')])).stdout.split(' ')[0]).toBe(want)
     expect(proxy.requests().filter(r => r.path.includes('/blobs/'))).toEqual([])
+    // a wholly cached file is then answered by the FUSE reader threads from the cache file;
+    // O_DIRECT reads skip the kernel's page cache, so every byte is asked of the daemon again
+    const direct = async (): Promise<string> => (await exec('sh', ['-c', `dd if=${join(mnt, 'big.bin')} iflag=direct bs=1M 2>/dev/null | sha256sum`])).stdout.split(' ')[0]!
+    expect(await direct()).toBe(want)
+    info = (await client.list())[0]!
+    expect(info.bytesRead).toBeGreaterThanOrEqual(2 * 64 * 1024 * 1024)
+    expect(info.blobs.reduce((n, b) => n + b.cacheHits, 0)).toBeGreaterThanOrEqual(128)
+    expect(proxy.requests().filter(r => r.path.includes('/blobs/'))).toEqual([])
+    // the cache file loses its second half under the daemon: those reads fall short, are
+    // fetched again, and the bytes served stay right
+    const data = readdirSync(join(work, 'pf-cache')).find(f => f.endsWith('.blob.data'))!
+    execFileSync('truncate', ['-s', '32M', join(work, 'pf-cache', data)])
+    expect(await direct()).toBe(want)
+    expect(proxy.requests().filter(r => r.path.includes('/blobs/')).length).toBeGreaterThan(0)
+    expect(await direct()).toBe(want)
     await client.unmount(mnt)
     await d.stop()
   })
