@@ -3,7 +3,7 @@
  * busybox "server" in a registry of its own (the user's registry): its command prints a line and
  * keeps running, so the demo must copy it into the local registry (the normal pull is then counted
  * like the lazy ones), run it normally and lazily on both nodes, stop each container 5 s after its
- * first output, report, and leave no mount or process behind. Bad arguments get a usage line.
+ * first output, report, and leave no mount, process or network namespace behind. Bad arguments get a usage line.
  */
 import { execFile } from 'node:child_process'
 import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
@@ -46,6 +46,7 @@ describe('npm run demo -- --image REF', () => {
       cmd: ['/bin/sh', '-c', 'echo user image serving; exec sleep 1000']
     })
     pushImage(img, reg.host, 'user/server:1.0')
+    const netnsBefore = (await exec('ip', ['netns', 'list'])).stdout
     const { stdout } = await exec(process.execPath, [DEMO, '--image', `${reg.host}/user/server:1.0`, '--plain-http'], { timeout: 600_000, maxBuffer: 64 << 20 })
     expect(stdout).toContain(`copying ${reg.host}/user/server:1.0`)
     expect(stdout).toContain('check passed')
@@ -56,5 +57,6 @@ describe('npm run demo -- --image REF', () => {
     expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain('naiad-demo-')
     const ps = (await exec('ps', ['-eo', 'args'])).stdout
     expect(ps).not.toMatch(/naiad-demo-/)
+    expect((await exec('ip', ['netns', 'list'])).stdout).toBe(netnsBefore)
   })
 })
