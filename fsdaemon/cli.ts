@@ -5,7 +5,7 @@
 import { Option, type Command } from 'commander'
 import { FsdClient } from '../lib/fsdapi/index.ts'
 import { isNaiadError, toExitCode } from '../lib/errors/index.ts'
-import { runFsd, type FsdCliOptions } from './main.ts'
+import type { FsdCliOptions } from './main.ts'
 
 export interface Io {
   stdout: NodeJS.WritableStream
@@ -37,6 +37,8 @@ export function registerFsdCommands (program: Command, io: Io, setExit: (code: n
     .option('--mirror <url...>', 'mirrors to try before the origin (e.g. http://127.0.0.1:65001); overrides the config')
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
     .action(async (o: FsdCliOptions) => {
+      // the daemon's modules load only when it runs (`naiad fsctl …`, a readiness probe, stays quick)
+      const { runFsd } = await import('./main.ts')
       setExit(await runFsd(o, io))
     })
 
