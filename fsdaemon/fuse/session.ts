@@ -143,9 +143,12 @@ const out = Buffer.allocUnsafeSlow(maxRead + 16)
 const count = new BigUint64Array(counters)
 const extents = new Map()
 const files = new Map()
+// directory node id -> its number of entries: a READDIR(PLUS) at or past it is answered empty
+const dirEnds = new Map()
 function control () {
   for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
     const e = m.message
+    if (e.dir !== undefined) { dirEnds.set(e.dir, e.end); continue }
     let f = files.get(e.path)
     if (f === undefined) {
       try { f = openSync(e.path, 'r') } catch { continue }
@@ -154,8 +157,28 @@ function control () {
     extents.set(e.nodeid, { fd: f, base: e.base, size: e.size, slot: region + 2 * e.slot })
   }
 }
+function reply (len) {
+  out.writeUInt32LE(16 + len, 0)
+  out.writeInt32LE(0, 4)
+  buf.copy(out, 8, 8, 16)
+  try {
+    writeSync(fd, out, 0, 16 + len)
+  } catch (err) {
+    // ENOENT: the request was interrupted and is gone
+    if (err.code !== 'ENOENT') parentPort.postMessage({ warn: err.code || String(err) })
+  }
+}
 function direct (n) {
-  if (n < 64 || buf.readUInt32LE(4) !== 15) return false
+  if (n < 64) return false
+  const op = buf.readUInt32LE(4)
+  if (op === 28 || op === 44) {
+    control()
+    const end = dirEnds.get(Number(buf.readBigUInt64LE(16)))
+    if (end === undefined || Number(buf.readBigUInt64LE(48)) < end) return false
+    reply(0)
+    return true
+  }
+  if (op !== 15) return false
   control()
   if (extents.size === 0) return false
   const e = extents.get(Number(buf.readBigUInt64LE(16)))
@@ -174,15 +197,7 @@ function direct (n) {
   } catch {
     return false
   }
-  out.writeUInt32LE(16 + len, 0)
-  out.writeInt32LE(0, 4)
-  buf.copy(out, 8, 8, 16)
-  try {
-    writeSync(fd, out, 0, 16 + len)
-  } catch (err) {
-    // ENOENT: the request was interrupted and is gone
-    if (err.code !== 'ENOENT') parentPort.postMessage({ warn: err.code || String(err) })
-  }
+  reply(len)
   Atomics.add(count, e.slot, 1n)
   Atomics.add(count, e.slot + 1, BigInt(len))
   return true
@@ -319,6 +334,7 @@ export class FuseSession {
     })
     // extents registered before this thread started
     for (const [nodeid, d] of this.direct) port1.postMessage({ nodeid, path: d.ext.path, base: d.ext.offset, size: d.ext.size, slot: d.slot })
+    for (const [dir, end] of this.dirEnds) port1.postMessage({ dir, end })
     this.ports.add(port1)
     worker.unref()
     this.workers.add(worker)
@@ -347,6 +363,8 @@ export class FuseSession {
   private readonly counters: SharedArrayBuffer
   private readonly ports = new Set<MessagePort>()
   private readonly direct = new Map<number, { slot: number, ext: DirectExtent, reads: number, bytes: number }>()
+  /** Directories whose listing's end the reader threads know. */
+  private readonly dirEnds = new Map<number, number>()
   /** Per node id not (yet) direct: fast reads to let pass before asking again. */
   private readonly directWait = new Map<number, number>()
   private flushTimer: NodeJS.Timeout | undefined
@@ -599,7 +617,8 @@ export class FuseSession {
         const plus = h.opcode === Op.READDIRPLUS
         const out = Buffer.alloc(r.size)
         let pos = 0
-        for (let i = r.offset; i < entries.length; i++) {
+        let end = r.offset
+        for (let i = r.offset; i < entries.length; i++, end++) {
           const e = entries[i]!
           const need = plus ? direntplusSize(e.name) : direntSize(e.name)
           if (pos + need > r.size) break
@@ -610,6 +629,14 @@ export class FuseSession {
             pos = writeDirent(out, pos + ENTRY_OUT, e.attr.ino, i + 1, e.type, e.name)
           } else {
             pos = writeDirent(out, pos, e.attr.ino, i + 1, e.type, e.name)
+          }
+        }
+        // the listing ends in this reply: the reader threads answer the next READDIR (the
+        // empty one that tells the kernel so) themselves (told before the kernel has the reply)
+        if (pos > 0 && end === entries.length && !this.dirEnds.has(h.nodeid)) {
+          if (this.dirEnds.size < 65536) {
+            this.dirEnds.set(h.nodeid, end)
+            for (const p of this.ports) p.postMessage({ dir: h.nodeid, end })
           }
         }
         this.reply(h.unique, 0, out.subarray(0, pos))
