@@ -22,7 +22,7 @@ import { readFile, writeFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
 import type { Logger } from '../../lib/log/index.ts'
 import {
-  Op, Errno, InitFlag, OpenFlag, IN_HEADER, OUT_HEADER, FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION,
+  DT, Op, Errno, InitFlag, OpenFlag, IN_HEADER, OUT_HEADER, FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION,
   decodeInHeader, decodeInitIn, encodeInitOut, outHeader, cName, encodeEntryOut, encodeAttrOut,
   encodeOpenOut, decodeReadIn, decodeGetxattrIn, encodeGetxattrOut, encodeStatfsOut, direntSize,
   writeDirent, direntplusSize, ENTRY_OUT, ProtocolError, type Attr, type StatFs, type InHeader
@@ -145,10 +145,14 @@ const extents = new Map()
 const files = new Map()
 // directory node id -> its number of entries: a READDIR(PLUS) at or past it is answered empty
 const dirEnds = new Map()
+// directory node id -> its whole listing with attributes, encoded: the answer to a READDIRPLUS
+// from its start (given once; later ones go to the main thread)
+const lists = new Map()
 function control () {
   for (let m = receiveMessageOnPort(port); m !== undefined; m = receiveMessageOnPort(port)) {
     const e = m.message
     if (e.dir !== undefined) { dirEnds.set(e.dir, e.end); continue }
+    if (e.list !== undefined) { lists.set(e.list, Buffer.from(e.body.buffer, e.body.byteOffset, e.body.length)); continue }
     let f = files.get(e.path)
     if (f === undefined) {
       try { f = openSync(e.path, 'r') } catch { continue }
@@ -173,8 +177,18 @@ function direct (n) {
   const op = buf.readUInt32LE(4)
   if (op === 28 || op === 44) {
     control()
-    const end = dirEnds.get(Number(buf.readBigUInt64LE(16)))
-    if (end === undefined || Number(buf.readBigUInt64LE(48)) < end) return false
+    const dir = Number(buf.readBigUInt64LE(16))
+    const at = Number(buf.readBigUInt64LE(48))
+    const list = op === 44 && at === 0 ? lists.get(dir) : undefined
+    if (list !== undefined) {
+      lists.delete(dir)
+      if (list.length > buf.readUInt32LE(56) || list.length > maxRead) return false
+      list.copy(out, 16)
+      reply(list.length)
+      return true
+    }
+    const end = dirEnds.get(dir)
+    if (end === undefined || at < end) return false
     reply(0)
     return true
   }
@@ -393,6 +407,60 @@ export class FuseSession {
     for (const p of this.ports) p.postMessage({ nodeid, path: ext.path, base: ext.offset, size: ext.size, slot })
   }
 
+  /** Bytes of listings handed to the reader threads so far (bounded). */
+  private prelistedBytes = 0
+
+  /** The entries of a directory from index `offset` that fit `size` bytes, and the index after them. */
+  private encodeDir (entries: readonly FuseDirEntry[], offset: number, size: number, plus: boolean): { out: Buffer, end: number } {
+    const t = this.opts.cacheTimeoutSec
+    const out = Buffer.alloc(size)
+    let pos = 0
+    let end = offset
+    for (let i = offset; i < entries.length; i++, end++) {
+      const e = entries[i]!
+      const need = plus ? direntplusSize(e.name) : direntSize(e.name)
+      if (pos + need > size) break
+      if (plus) {
+        // "." and ".." carry no entry (nodeid 0): the kernel takes no reference for them
+        const dot = e.name.length <= 2 && e.name.every(c => c === 0x2e)
+        encodeEntryOut(dot ? 0 : e.nodeid, dot ? null : e.attr, { entrySec: dot ? 0 : t, attrSec: dot ? 0 : t }, out, pos)
+        pos = writeDirent(out, pos + ENTRY_OUT, e.attr.ino, i + 1, e.type, e.name)
+      } else {
+        pos = writeDirent(out, pos, e.attr.ino, i + 1, e.type, e.name)
+      }
+    }
+    return { out: out.subarray(0, pos), end }
+  }
+
+  private tellDirEnd (nodeid: number, end: number): void {
+    if (this.dirEnds.has(nodeid) || this.dirEnds.size >= 65536) return
+    this.dirEnds.set(nodeid, end)
+    for (const p of this.ports) p.postMessage({ dir: nodeid, end })
+  }
+
+  /**
+   * A directory was listed with attributes from its start (ls -l, find, a walk): its
+   * subdirectories are likely next. Their listings (those that fit one reply of `size` bytes) are
+   * encoded now and handed to the reader threads, which answer their first READDIRPLUS (and the
+   * empty one after it) themselves. At most 4 MiB of listings per session (some 20,000 entries).
+   */
+  private prelist (entries: readonly FuseDirEntry[], size: number): void {
+    const fs = this.deps.fs
+    if (this.ports.size === 0) return
+    void (async () => {
+      for (const e of entries) {
+        if (e.type !== DT.dir || e.nodeid === 0 || this.dirEnds.has(e.nodeid) || this.prelistedBytes >= 4 << 20 || this.fd < 0) continue
+        if (e.name.length <= 2 && e.name.every(c => c === 0x2e)) continue
+        const sub = await fs.readdir(e.nodeid)
+        const { out, end } = this.encodeDir(sub, 0, size, true)
+        if (end !== sub.length || this.dirEnds.has(e.nodeid)) continue
+        this.prelistedBytes += out.length
+        for (const p of this.ports) p.postMessage({ list: e.nodeid, body: out })
+        this.tellDirEnd(e.nodeid, end)
+      }
+    })().catch((err: unknown) => { this.deps.log.debug({ err }, 'listing subdirectories ahead failed (they are listed when asked)') })
+  }
+
   /** Folds what the reader threads served into the statistics. */
   private flushDirect (): void {
     if (this.direct.size === 0) return
@@ -532,7 +600,7 @@ export class FuseSession {
       case Op.INIT: {
         const i = decodeInitIn(req)
         if (i.major !== FUSE_KERNEL_VERSION) { this.reply(h.unique, Errno.EIO); return }
-        const want = InitFlag.ASYNC_READ | InitFlag.DO_READDIRPLUS | InitFlag.READDIRPLUS_AUTO | InitFlag.PARALLEL_DIROPS | InitFlag.POSIX_ACL | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS
+        const want = InitFlag.ASYNC_READ | InitFlag.DO_READDIRPLUS | InitFlag.PARALLEL_DIROPS | InitFlag.POSIX_ACL | InitFlag.MAX_PAGES | InitFlag.CACHE_SYMLINKS
         const flags = (want & i.flags) >>> 0
         // the kernel can do without OPEN/OPENDIR (and their RELEASEs): answered ENOSYS once, it
         // stops sending them and opens with FOPEN_KEEP_CACHE (| FOPEN_CACHE_DIR), which is what
@@ -615,31 +683,12 @@ export class FuseSession {
         const r = decodeReadIn(req)
         const entries = await fs.readdir(h.nodeid)
         const plus = h.opcode === Op.READDIRPLUS
-        const out = Buffer.alloc(r.size)
-        let pos = 0
-        let end = r.offset
-        for (let i = r.offset; i < entries.length; i++, end++) {
-          const e = entries[i]!
-          const need = plus ? direntplusSize(e.name) : direntSize(e.name)
-          if (pos + need > r.size) break
-          if (plus) {
-            // "." and ".." carry no entry (nodeid 0): the kernel takes no reference for them
-            const dot = e.name.length <= 2 && e.name.every(c => c === 0x2e)
-            encodeEntryOut(dot ? 0 : e.nodeid, dot ? null : e.attr, { entrySec: dot ? 0 : t, attrSec: dot ? 0 : t }, out, pos)
-            pos = writeDirent(out, pos + ENTRY_OUT, e.attr.ino, i + 1, e.type, e.name)
-          } else {
-            pos = writeDirent(out, pos, e.attr.ino, i + 1, e.type, e.name)
-          }
-        }
+        const { out, end } = this.encodeDir(entries, r.offset, r.size, plus)
         // the listing ends in this reply: the reader threads answer the next READDIR (the
         // empty one that tells the kernel so) themselves (told before the kernel has the reply)
-        if (pos > 0 && end === entries.length && !this.dirEnds.has(h.nodeid)) {
-          if (this.dirEnds.size < 65536) {
-            this.dirEnds.set(h.nodeid, end)
-            for (const p of this.ports) p.postMessage({ dir: h.nodeid, end })
-          }
-        }
-        this.reply(h.unique, 0, out.subarray(0, pos))
+        if (out.length > 0 && end === entries.length) this.tellDirEnd(h.nodeid, end)
+        this.reply(h.unique, 0, out)
+        if (plus && r.offset === 0) this.prelist(entries, r.size)
         return
       }
       case Op.GETXATTR: {
