@@ -81,6 +81,8 @@ export interface ChunkReader {
   readReadySync? (ref: ChunkRef, offset: number, into: Buffer): boolean
   /** The cache file (chunk bytes at their uncompressedOffset), if there is one. */
   readonly dataPath?: string
+  /** The ready bit of every chunk (bit i of byte i >> 3), in shared memory, read-only. */
+  readonly readyBits?: Uint8Array
   /** Counts cache hits served by someone else from `dataPath` (FUSE reader threads). */
   countHits? (n: number): void
   readonly blob: BlobInfo

@@ -160,7 +160,7 @@ export class BlobCache implements ChunkReader {
     }
     // shared by every request in flight
     setMaxListeners(0, this.ctl.signal)
-    this.ready = new Uint8Array(bitmapBytes(blob.chunkCount))
+    this.ready = sharedBits(bitmapBytes(blob.chunkCount))
     this.persisted = new Uint8Array(this.ready.length)
   }
 
@@ -220,7 +220,9 @@ export class BlobCache implements ChunkReader {
         await writeAll(this.mapFh, Buffer.concat([encodeChunkMapHeader(this.blob), Buffer.from(bits)]), 0)
         await this.mapFh.datasync()
       }
-      this.ready = bits
+      // in shared memory: FUSE reader threads read it (only this thread writes it)
+      this.ready = sharedBits(bits.length)
+      this.ready.set(bits)
       this.persisted = Uint8Array.from(bits)
       this.readyCount = popcount(bits)
     } catch (err) {
@@ -280,6 +282,9 @@ export class BlobCache implements ChunkReader {
   isReady (chunkIndex: number): boolean {
     return testBit(this.ready, chunkIndex)
   }
+
+  /** The ready bit of every chunk, in shared memory (read-only for other threads). */
+  get readyBits (): Uint8Array { return this.ready }
 
   countHits (n: number): void {
     this.counters.cacheHits += n
@@ -651,6 +656,10 @@ export class BlobCache implements ChunkReader {
 function adjacent (a: { c: ChunkRef, data: Buffer }, b: { c: ChunkRef, data: Buffer }): boolean {
   return b.c.uncompressedOffset === a.c.uncompressedOffset + a.c.uncompressedSize &&
     b.data.buffer === a.data.buffer && b.data.byteOffset === a.data.byteOffset + a.data.length
+}
+
+function sharedBits (bytes: number): Uint8Array {
+  return new Uint8Array(new SharedArrayBuffer(Math.max(1, bytes)), 0, bytes)
 }
 
 async function readAll (fh: FileHandle, buf: Buffer, position: number): Promise<void> {

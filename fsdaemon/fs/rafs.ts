@@ -269,9 +269,10 @@ export class RafsFilesystem implements FuseFilesystem {
   }
 
   /**
-   * Where a regular file's bytes lie in one piece of a cache file, when they do: all its chunks
-   * ready, in one blob, each following the last in the blob's uncompressed layout (as the
-   * converter writes a file; not for chunks deduplicated from elsewhere).
+   * Where a regular file's bytes lie in one piece of a cache file, when they do: its chunks in
+   * one blob, each following the last in the blob's uncompressed layout and in the blob's chunk
+   * table (as the converter writes a file; not for chunks deduplicated from elsewhere). With the
+   * blob's shared ready bits, so readers can tell which parts are cached.
    */
   directExtent (nodeid: number): DirectExtent | undefined {
     if (nodeid < 1) return undefined
@@ -290,20 +291,34 @@ export class RafsFilesystem implements FuseFilesystem {
     if (c0 === undefined || chunks.length !== n) return undefined
     const cache = this.deps.cacheFor(c0.blob)
     const path = cache.dataPath
-    if (path === undefined || c0.uncompressedOffset + a.size > c0.blob.uncompressedSize) return undefined
+    const bits = cache.readyBits
+    if (path === undefined || bits === undefined || c0.uncompressedOffset + a.size > c0.blob.uncompressedSize || c0.index + n > c0.blob.chunkCount) return undefined
     for (let i = 0; i < n; i++) {
       const c = chunks[i]!
       const size = i < n - 1 ? cs : a.size - i * cs
-      if (c.blob !== c0.blob || c.uncompressedOffset !== c0.uncompressedOffset + i * cs || c.uncompressedSize !== size || !cache.isReady(c.index)) return undefined
+      if (c.blob !== c0.blob || c.index !== c0.index + i || c.uncompressedOffset !== c0.uncompressedOffset + i * cs || c.uncompressedSize !== size) return undefined
     }
+    const window = Math.max(1, Math.ceil(this.readahead / cs))
     return {
       path,
       offset: c0.uncompressedOffset,
       size: a.size,
+      ready: { bits, first: c0.index, chunkSize: cs },
       served: (reads, bytes) => {
         this.readStats.reads += reads
         this.readStats.bytes += bytes
         cache.countHits?.(reads)
+      },
+      seen: (offset, end) => {
+        this.track(nid, chunks, offset, Math.min(end, a.size), Math.floor((Math.min(end, a.size) - 1) / cs))
+      },
+      // track() starts the next window once a read's last chunk is within half a window of
+      // where readahead has got to
+      noticeFrom: () => {
+        if (this.readahead <= 0) return Number.MAX_SAFE_INTEGER
+        const until = this.aheadUntil.get(nid)
+        if (until === undefined) return 0
+        return until >= n ? Number.MAX_SAFE_INTEGER : Math.max(0, Math.ceil(until - window / 2))
       }
     }
   }

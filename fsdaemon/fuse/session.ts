@@ -58,10 +58,11 @@ export interface FuseFilesystem {
    */
   read (nodeid: number, offset: number, size: number, opts?: { into?: Buffer }): Promise<Buffer>
   /**
-   * Optional: where a regular file's bytes lie in one piece in a local file (not on this mount)
-   * that will not change while mounted, if they do now (all cached). The session's reader
-   * threads then answer its READs themselves; `served` is called (later, batched) with what they
-   * served, for statistics.
+   * Optional: where a regular file's bytes lie in one piece in a local file (not on this mount),
+   * if they do, and which parts are there yet (`ready`; bytes once there never change while
+   * mounted). The session's reader threads then answer the READs of parts that are there
+   * themselves; `served` is called (later, batched) with what they served, and `seen` with
+   * reads from the piece `noticeFrom()` on (for readahead).
    */
   directExtent? (nodeid: number): DirectExtent | undefined
   /**
@@ -84,7 +85,16 @@ export interface DirectExtent {
   offset: number
   /** The file's size. */
   size: number
+  /**
+   * Which parts of `path` hold the file's bytes yet: piece k (`chunkSize` bytes from the file's
+   * start) is there when bit `first + k` of `bits` (shared memory) is set. Without: all of it.
+   */
+  ready?: { bits: Uint8Array, first: number, chunkSize: number }
   served: (reads: number, bytes: number) => void
+  /** A read of [offset, end) the reader threads answered that the filesystem wants to know of. */
+  seen?: (offset: number, end: number) => void
+  /** From which piece on the filesystem wants to hear of reads (`seen`). */
+  noticeFrom?: () => number
 }
 
 export interface FuseSessionOptions {
@@ -126,16 +136,21 @@ const BUF_SIZE = MAX_WRITE + 4096 + IN_HEADER
  * The reader thread (CommonJS, evaluated: no file to locate from dist/ or from source).
  *
  * It also answers READs of "direct" files itself: files whose bytes lie in one piece of a local
- * file (a blob cache file, never on this mount) that the main thread registered through `port`
- * once they were wholly cached. Those are a pread into the reply and one write to /dev/fuse, in
- * this thread, without a message to the main thread; anything unusual (a short read) goes to the
- * main thread as any other request. What it served is counted in `counters` (per extent slot:
- * reads, bytes; this thread's own region), which the main thread folds into its statistics.
+ * file (a blob cache file, never on this mount) that the main thread registered through `port`.
+ * A READ whose pieces are all there (the blob cache's ready bits, shared memory) is a pread into
+ * the reply and one write to /dev/fuse, in this thread, without a message to the main thread;
+ * anything else (a piece not fetched yet, a short read) goes to the main thread as any other
+ * request. A read reaching the piece `marks[slot]` is reported to the main thread (`seen`), which
+ * starts the next readahead window and sets the next mark. What it served is counted in
+ * `counters` (per extent slot: reads, bytes; this thread's own region), which the main thread
+ * folds into its statistics. Empty READDIRs at a listing's end and listings encoded ahead are
+ * answered here too.
  */
 const READER_WORKER = `
 const { readSync, writeSync, openSync, closeSync } = require('node:fs')
 const { parentPort, workerData, receiveMessageOnPort } = require('node:worker_threads')
-const { fd, size, port, counters, region, maxRead } = workerData
+const { fd, size, port, counters, region, maxRead, marks: marksBuf } = workerData
+const marks = new Int32Array(marksBuf)
 // one read buffer for the thread's life; each request is posted as a right-sized copy (requests
 // of a read-only filesystem are small), so no large buffer is allocated per request
 const buf = Buffer.allocUnsafeSlow(size)
@@ -158,7 +173,7 @@ function control () {
       try { f = openSync(e.path, 'r') } catch { continue }
       files.set(e.path, f)
     }
-    extents.set(e.nodeid, { fd: f, base: e.base, size: e.size, slot: region + 2 * e.slot })
+    extents.set(e.nodeid, { fd: f, base: e.base, size: e.size, slot: region + 2 * e.slot, mark: e.slot, bits: e.bits, first: e.first, cs: e.cs })
   }
 }
 function reply (len) {
@@ -201,6 +216,14 @@ function direct (n) {
   const want = buf.readUInt32LE(56)
   if (off >= e.size || want > maxRead) return false
   const len = Math.min(want, e.size - off)
+  const last = e.bits === undefined ? 0 : Math.floor((off + len - 1) / e.cs)
+  if (e.bits !== undefined) {
+    // every piece the read touches must be in the file already
+    for (let k = Math.floor(off / e.cs); k <= last; k++) {
+      const i = e.first + k
+      if (((Atomics.load(e.bits, i >>> 3) >>> (i & 7)) & 1) === 0) return false
+    }
+  }
   let got = 0
   try {
     while (got < len) {
@@ -214,6 +237,11 @@ function direct (n) {
   reply(len)
   Atomics.add(count, e.slot, 1n)
   Atomics.add(count, e.slot + 1, BigInt(len))
+  // (the main thread wants to hear of reads from this piece on: to read ahead)
+  if (e.bits !== undefined && last >= Atomics.load(marks, e.mark)) {
+    Atomics.store(marks, e.mark, 0x7fffffff)
+    parentPort.postMessage({ seen: Number(buf.readBigUInt64LE(16)), offset: off, until: off + len })
+  }
   return true
 }
 for (;;) {
@@ -232,6 +260,12 @@ for (;;) {
 }
 for (const f of files.values()) { try { closeSync(f) } catch {} }
 `
+
+/** What the reader threads need to answer a direct file's READs. */
+function directMessage (nodeid: number, ext: DirectExtent, slot: number): Record<string, unknown> {
+  const r = ext.ready
+  return { nodeid, path: ext.path, base: ext.offset, size: ext.size, slot, ...(r !== undefined ? { bits: r.bits, first: r.first, cs: r.chunkSize } : {}) }
+}
 
 /** Most direct files per session (the slots of the shared counters). */
 const MAX_DIRECT = 4096
@@ -343,17 +377,29 @@ export class FuseSession {
     const { port1, port2 } = new MessageChannel()
     const worker = new Worker(READER_WORKER, {
       eval: true,
-      workerData: { fd: this.fd, size: BUF_SIZE, port: port2, counters: this.counters, region: k * MAX_DIRECT * 2, maxRead: this.opts.maxRead },
+      workerData: { fd: this.fd, size: BUF_SIZE, port: port2, counters: this.counters, region: k * MAX_DIRECT * 2, maxRead: this.opts.maxRead, marks: this.marks.buffer },
       transferList: [port2]
     })
     // extents registered before this thread started
-    for (const [nodeid, d] of this.direct) port1.postMessage({ nodeid, path: d.ext.path, base: d.ext.offset, size: d.ext.size, slot: d.slot })
+    for (const [nodeid, d] of this.direct) port1.postMessage(directMessage(nodeid, d.ext, d.slot))
     for (const [dir, end] of this.dirEnds) port1.postMessage({ dir, end })
     this.ports.add(port1)
     worker.unref()
     this.workers.add(worker)
     await new Promise<void>((resolve) => {
-      worker.on('message', (m: { buf?: ArrayBuffer, n?: number, end?: string, warn?: string }) => {
+      worker.on('message', (m: { buf?: ArrayBuffer, n?: number, end?: string, warn?: string, seen?: number, offset?: number, until?: number }) => {
+        if (m.seen !== undefined) {
+          const d = this.direct.get(m.seen)
+          if (d !== undefined) {
+            try {
+              d.ext.seen?.(m.offset ?? 0, m.until ?? 0)
+            } catch (err) {
+              this.deps.log.debug({ err }, 'reporting a read failed')
+            }
+            this.setMark(d.slot, d.ext)
+          }
+          return
+        }
         if (m.warn !== undefined) {
           this.deps.log.warn({ errno: m.warn }, 'writing a FUSE reply failed')
           return
@@ -375,6 +421,8 @@ export class FuseSession {
 
   // direct files: answered by the reader threads (see READER_WORKER)
   private readonly counters: SharedArrayBuffer
+  /** Per direct file: the piece from which on its reads are reported to the main thread. */
+  private readonly marks = new Int32Array(new SharedArrayBuffer(MAX_DIRECT * 4))
   private readonly ports = new Set<MessagePort>()
   private readonly direct = new Map<number, { slot: number, ext: DirectExtent, reads: number, bytes: number }>()
   /** Directories whose listing's end the reader threads know. */
@@ -404,7 +452,15 @@ export class FuseSession {
     this.directWait.delete(nodeid)
     const slot = this.direct.size
     this.direct.set(nodeid, { slot, ext, reads: 0, bytes: 0 })
-    for (const p of this.ports) p.postMessage({ nodeid, path: ext.path, base: ext.offset, size: ext.size, slot })
+    this.setMark(slot, ext)
+    const m = directMessage(nodeid, ext, slot)
+    for (const p of this.ports) p.postMessage(m)
+  }
+
+  /** Tells the reader threads from which piece of the file on they report reads. */
+  private setMark (slot: number, ext: DirectExtent): void {
+    const from = ext.noticeFrom?.() ?? Number.MAX_SAFE_INTEGER
+    Atomics.store(this.marks, slot, Math.min(from, 0x7fffffff))
   }
 
   /** Bytes of listings handed to the reader threads so far (bounded). */
@@ -589,7 +645,9 @@ export class FuseSession {
     this.stats.bytesRead += data.length
     this.writeReply(h.unique, 0, [data], true, undefined)
     this.giveReplyBuffer(into)
-    this.maybeDirect(h.nodeid)
+    const d = this.direct.get(h.nodeid)
+    if (d !== undefined) this.setMark(d.slot, d.ext)
+    else this.maybeDirect(h.nodeid)
     return true
   }
 
@@ -663,6 +721,10 @@ export class FuseSession {
         }
         this.stats.bytesRead += data.length
         this.replyThen(() => { this.giveReplyBuffer(into) }, h.unique, 0, data)
+        // (this read may have moved the readahead on)
+        const d = this.direct.get(h.nodeid)
+        if (d !== undefined) this.setMark(d.slot, d.ext)
+        else this.maybeDirect(h.nodeid)
         return
       }
       case Op.RELEASE:
