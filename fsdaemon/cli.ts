@@ -36,6 +36,7 @@ export function registerFsdCommands (program: Command, io: Io, setExit: (code: n
     .option('--prefetch-all', 'after the prefetch table, fetch the whole image in the background')
     .option('--mirror <url...>', 'mirrors to try before the origin (e.g. http://127.0.0.1:65001); overrides the config')
     .addOption(new Option('--log-level <level>', 'log level').choices(['fatal', 'error', 'warn', 'info', 'debug', 'trace', 'silent']))
+    .addOption(new Option('--fuse-fd <fd:hexmountpoint...>', 'FUSE connections of a crashed daemon to adopt (set by the failover launcher)').hideHelp())
     .action(async (o: FsdCliOptions) => {
       // the daemon's modules load only when it runs (`naiad fsctl …`, a readiness probe, stays quick)
       const { runFsd } = await import('./main.ts')

@@ -18,7 +18,10 @@ import { openImageStore } from '../lib/registry/open.ts'
 import { DockerConfigCredentials } from '../lib/registry/credentials.ts'
 import type { ImageStore } from '../lib/registry/store.ts'
 import { parseReference, type RegistryReference } from '../lib/oci/reference.ts'
-import { FuseSession, unmountFuse } from './fuse/session.ts'
+import { writeFile, rename, rm } from 'node:fs/promises'
+import { closeSync } from 'node:fs'
+import { formatHolders } from '../lib/fsdapi/failover.ts'
+import { FuseSession, unmountFuse, type FuseAdoption } from './fuse/session.ts'
 import { RafsFilesystem } from './fs/rafs.ts'
 import { SourceChain } from './fetch/source-chain.ts'
 import { RegistryRangeSource } from './fetch/registry-source.ts'
@@ -48,6 +51,14 @@ interface Mount {
   log: Logger
 }
 
+/** FUSE failover (lib/fsdapi/failover.ts); off unless `holdersFile` is set (the node daemon). */
+export interface FailoverOptions {
+  /** Where the holders of this daemon's /dev/fuse descriptors are listed. */
+  holdersFile?: string
+  /** Descriptors of a dead predecessor's connections, by mountpoint (`--fuse-fd`). */
+  fuseFds?: ReadonlyMap<string, number>
+}
+
 const LOOPBACK = /^(localhost|127\.\d+\.\d+\.\d+|\[::1\])(:\d+)?$/
 
 export class FsDaemon {
@@ -61,7 +72,7 @@ export class FsDaemon {
 
   private cacheBytes = 0
 
-  constructor (private readonly deps: { log: Logger, cache: CacheManager, version: string }, private readonly cfg: FsdConfig) {
+  constructor (private readonly deps: { log: Logger, cache: CacheManager, version: string }, private readonly cfg: FsdConfig, private readonly failover: FailoverOptions = {}) {
     this.state = new StateStore(cfg.state.dir)
     this.metrics = new FsdMetrics(() => this.snapshot())
   }
@@ -76,12 +87,29 @@ export class FsDaemon {
       this.deps.log.warn({ err }, 'ignoring unreadable state file')
     }
     const live = await naiadMounts()
+    const adopted = new Set<string>()
     for (const r of records) {
       const mp = r.request.mountpoint
       const inKernel = live.some(m => m.mountpoint === mp)
       if (inKernel && r.pid !== process.pid && pidAlive(r.pid) && !(await isStaleMount(mp))) {
         this.deps.log.warn({ mountpoint: mp, pid: r.pid }, 'mount is served by another live daemon; leaving it alone')
         continue
+      }
+      const fd = this.failover.fuseFds?.get(mp)
+      if (inKernel && fd !== undefined && r.fuse !== undefined && r.fuse.resend && pidAlive(r.fuse.holderPid)) {
+        try {
+          await this.mount(r.request, { fd, adoption: r.fuse })
+          adopted.add(mp)
+          this.deps.log.info({ mountpoint: mp, pid: r.pid, holder: r.fuse.holderPid }, 'adopted the FUSE connection of the dead daemon: running containers go on')
+          continue
+        } catch (err) {
+          this.deps.log.error({ err, mountpoint: mp }, 'could not adopt the FUSE connection; mounting again')
+        }
+      }
+      // a holder keeps the dead connection alive: without it, the stale mount can be detached
+      if (r.fuse !== undefined && r.pid !== process.pid && !pidAlive(r.pid) && pidAlive(r.fuse.holderPid)) {
+        try { process.kill(-r.fuse.holderPid, 'SIGKILL') } catch {} // its process group
+        for (let i = 0; i < 100 && pidAlive(r.fuse.holderPid); i++) await new Promise((resolve) => setTimeout(resolve, 20))
       }
       if (inKernel) {
         this.deps.log.info({ mountpoint: mp, pid: r.pid }, 'detaching the stale mount of a dead daemon')
@@ -94,6 +122,10 @@ export class FsDaemon {
         this.deps.log.error({ err, mountpoint: mp }, 'could not remount after restart')
       }
     }
+    // descriptors handed over for mounts not adopted
+    for (const [mp, fd] of this.failover.fuseFds ?? []) {
+      if (!adopted.has(mp)) { try { closeSync(fd) } catch {} }
+    }
     // stale naiad mounts nobody recorded (e.g. a state dir that was wiped): detach them
     for (const m of live) {
       if (!this.mounts.has(m.mountpoint) && !records.some(r => r.request.mountpoint === m.mountpoint) && await isStaleMount(m.mountpoint)) {
@@ -105,10 +137,28 @@ export class FsDaemon {
   }
 
   private async saveState (): Promise<void> {
-    await this.state.save([...this.mounts.values()].map(m => ({ request: m.request, since: m.since, pid: process.pid })))
+    const mounts = [...this.mounts.values()]
+    await this.state.save(mounts.map(m => {
+      const fuse = m.session.adoption
+      return { request: m.request, since: m.since, pid: process.pid, ...(fuse !== undefined ? { fuse } : {}) }
+    }))
+    const file = this.failover.holdersFile
+    if (file !== undefined) {
+      const holders = mounts.flatMap(m => { const a = m.session.adoption; return a !== undefined ? [{ pid: a.holderPid, fd: a.fd, mountpoint: m.request.mountpoint }] : [] })
+      try {
+        if (holders.length === 0) {
+          await rm(file, { force: true })
+        } else {
+          await writeFile(`${file}.tmp`, formatHolders(holders), { mode: 0o600 })
+          await rename(`${file}.tmp`, file)
+        }
+      } catch (err) {
+        this.deps.log.warn({ err, file }, 'cannot write the FUSE holders file: mounts will not survive a crash')
+      }
+    }
   }
 
-  async mount (req: MountRequest): Promise<MountInfo> {
+  async mount (req: MountRequest, adopt?: { fd: number, adoption: FuseAdoption }): Promise<MountInfo> {
     if (this.closed !== undefined) throw new NaiadError('NAIAD_CLOSED', 'the fsdaemon is shutting down')
     const mp = req.mountpoint
     const have = this.mounts.get(mp)
@@ -124,12 +174,12 @@ export class FsDaemon {
     }
     const inflight = this.pending.get(mp)
     if (inflight !== undefined) return await inflight
-    const p = this.doMount(req).finally(() => { this.pending.delete(mp) })
+    const p = this.doMount(req, adopt).finally(() => { this.pending.delete(mp) })
     this.pending.set(mp, p)
     return await p
   }
 
-  private async doMount (withCredentials: MountRequest): Promise<MountInfo> {
+  private async doMount (withCredentials: MountRequest, adopt?: { fd: number, adoption: FuseAdoption }): Promise<MountInfo> {
     // the credentials stay in `credentials` (memory); the request kept and saved has none
     const { credentials: given, ...req } = withCredentials
     const mp = req.mountpoint
@@ -141,11 +191,11 @@ export class FsDaemon {
     let chain: SourceChain | undefined
     let credentials: MountCredentials | undefined
     try {
-      if (await isStaleMount(mp)) {
+      if (adopt === undefined && await isStaleMount(mp)) {
         log.info('detaching a stale mount at the mountpoint')
         await unmountFuse(mp)
       }
-      await mkdir(mp, { recursive: true })
+      if (adopt === undefined) await mkdir(mp, { recursive: true })
       let bootstrap: Bootstrap | undefined
       if (req.bootstrap !== undefined) {
         let raw: Buffer
@@ -196,10 +246,12 @@ export class FsDaemon {
         cacheTimeoutSec: Math.max(1, Math.floor(this.cfg.fuse.cache_timeout / 1000)),
         allowOther: this.cfg.fuse.allow_other,
         readers: this.cfg.fuse.readers,
-        maxRead: this.cfg.fuse.max_read
+        maxRead: this.cfg.fuse.max_read,
+        holder: this.failover.holdersFile !== undefined
       })
       try {
-        await session.mount()
+        if (adopt !== undefined) await session.adopt(adopt.fd, adopt.adoption)
+        else await session.mount()
       } catch (err) {
         throw new NaiadError('NAIAD_FS_MOUNT', `mounting ${mp}: ${(err as Error).message}`, { cause: err })
       }

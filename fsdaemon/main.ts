@@ -13,6 +13,7 @@ import { FsDaemon } from './daemon.ts'
 import { ControlServer } from './control/server.ts'
 import { CacheManager } from './cache/index.ts'
 import { notifyReady, notifyStopping } from '../lib/systemd/index.ts'
+import { holdersFile, parseFuseFds } from '../lib/fsdapi/failover.ts'
 
 export interface FsdCliOptions {
   config?: string
@@ -28,6 +29,8 @@ export interface FsdCliOptions {
   prefetchAll?: boolean
   mirror?: string[]
   logLevel?: LogLevel
+  /** `<fd>:<hex(mountpoint)>`: FUSE connections of a dead predecessor (set by the launcher). */
+  fuseFd?: string[]
 }
 
 export interface Io { stdout: NodeJS.WritableStream, stderr: NodeJS.WritableStream }
@@ -73,7 +76,17 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
   }
   const log = createLogger({ service: 'fsdaemon', level: cfg.log.level, destination: io.stdout as never, base: { version: version() } })
   const cache = new CacheManager({ logger: log.child({ component: 'cache' }) }, { dir: cfg.cache.dir, quotaBytes: cfg.cache.quota, flushIntervalMs: cfg.cache.flush_interval, maxRequestBytes: cfg.fetch.max_request_size })
-  const daemon = new FsDaemon({ log, cache, version: version() }, cfg)
+  let fuseFds: Map<string, number>
+  try {
+    fuseFds = parseFuseFds(o.fuseFd ?? [])
+  } catch (err) {
+    io.stderr.write(`naiad: NAIAD_CLI_USAGE: ${(err as Error).message}\n`)
+    return 2
+  }
+  // the node daemon (control socket, no standalone mount) keeps its FUSE connections alive across
+  // its own crashes (lib/fsdapi/failover.ts)
+  const failover = standalone ? {} : { holdersFile: holdersFile(cfg.socket.path), fuseFds }
+  const daemon = new FsDaemon({ log, cache, version: version() }, cfg, failover)
   const control = !standalone || o.socket !== undefined ? new ControlServer({ target: { info: async () => await daemon.daemonInfo(), list: async () => await daemon.list(), mount: async (r) => await daemon.mount(r), unmount: async (m) => { await daemon.unmount(m) }, blobs: async () => await daemon.cachedBlobs(), removeBlob: async (id) => { await daemon.removeBlob(id) }, metrics: async () => { await daemon.refreshUsage(); return await daemon.metrics.text() } }, log: log.child({ component: 'control' }) }, { socketPath: cfg.socket.path }) : undefined
   let stopping: Promise<void> | undefined
   const stop = (signal: string): Promise<void> => {

@@ -5,15 +5,20 @@
  * mounts them again from the recorded requests; the chunk cache on disk means nothing already
  * fetched is fetched again.
  */
-import { readFile, rename, writeFile, mkdir, stat } from 'node:fs/promises'
+import { execFile } from 'node:child_process'
+import { readFileSync } from 'node:fs'
+import { readFile, rename, writeFile, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NaiadError } from '../lib/errors/index.ts'
 import type { MountRequest } from '../lib/fsdapi/index.ts'
+import type { FuseAdoption } from './fuse/session.ts'
 
 export interface MountRecord {
   request: MountRequest
   since: string
   pid: number
+  /** How a successor can adopt the FUSE connection (lib/fsdapi/failover.ts). */
+  fuse?: FuseAdoption
 }
 
 export class StateStore {
@@ -75,26 +80,33 @@ export async function naiadMounts (): Promise<KernelMount[]> {
 }
 
 /**
- * True if a FUSE mount has lost its server: stat answers ENOTCONN (or ECONNABORTED). Only call
- * this for mounts this process does not serve (it would be a synchronous call into our own mount
- * otherwise — this one is async, but a live mount of ours would simply answer).
+ * True when the FUSE mount at `mountpoint` has lost its connection (its daemon died and nothing
+ * holds the connection: ENOTCONN). Probed by a child process killed after `timeoutMs`, because a
+ * mount whose daemon died while a holder keeps its connection (lib/fsdapi/failover.ts) makes
+ * every access wait for the next daemon: such a mount is not stale, and must not hang us. (A
+ * child process, so this is never a call of ours into a mount we serve.)
  */
-export async function isStaleMount (mountpoint: string): Promise<boolean> {
-  try {
-    await stat(mountpoint)
-    return false
-  } catch (err) {
-    const code = (err as NodeJS.ErrnoException).code
-    return code === 'ENOTCONN' || code === 'ECONNABORTED'
-  }
+export async function isStaleMount (mountpoint: string, timeoutMs = 2000): Promise<boolean> {
+  return await new Promise((resolve) => {
+    execFile('stat', ['-c', '%i', '--', mountpoint], { timeout: timeoutMs, killSignal: 'SIGKILL' }, (err, _out, stderr) => {
+      if (err === null) { resolve(false); return }
+      resolve(/Transport endpoint is not connected|Software caused connection abort/.test(String(stderr)))
+    })
+  })
 }
 
+/** True while `pid` runs; a zombie (dead, not yet reaped: a killed daemon whose parent is gone) is dead. */
 export function pidAlive (pid: number): boolean {
   if (pid === process.pid) return true
   try {
     process.kill(pid, 0)
-    return true
   } catch (err) {
     return (err as NodeJS.ErrnoException).code === 'EPERM'
+  }
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z'
+  } catch {
+    return false
   }
 }

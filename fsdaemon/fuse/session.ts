@@ -16,6 +16,7 @@
  * synchronous call into its own mount (it would deadlock): nothing here or above does.
  */
 import { spawn } from 'node:child_process'
+import { existsSync } from 'node:fs'
 import { open as openFile, writev as writevFd, writevSync, close as closeFd } from 'node:fs'
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 import { readFile, writeFile } from 'node:fs/promises'
@@ -106,6 +107,11 @@ export interface FuseSessionOptions {
   allowOther?: boolean
   /** Concurrent reads of /dev/fuse (each holds a libuv pool thread). */
   readers?: number
+  /**
+   * Start a holder process for the /dev/fuse descriptor (lib/fsdapi/failover.ts), so that the
+   * connection outlives this process; default false.
+   */
+  holder?: boolean
   /** Largest READ the kernel may send (bytes; with FUSE_MAX_PAGES). */
   maxRead?: number
   /**
@@ -294,6 +300,25 @@ export async function unmountFuse (mountpoint: string): Promise<void> {
   }
 }
 
+/** What a daemon records so that its successor can adopt a session (lib/fsdapi/failover.ts). */
+export interface FuseAdoption {
+  holderPid: number
+  /** The descriptor number in the holder. */
+  fd: number
+  noOpen: boolean
+  noOpendir: boolean
+  /** The kernel can queue again what a dead daemon read (FUSE_HAS_RESEND, Linux 6.9+). */
+  resend: boolean
+}
+
+/** The holder's program: sleeps while `ARGV[0]` (escaped as in mountinfo) is a mount point. */
+const HOLDER = 'my $m = " $ARGV[0] "; while (1) { sleep 5; open(my $f, "<", "/proc/self/mountinfo") or last; my $all = join("", <$f>); close($f); last if index($all, $m) < 0 }'
+
+/** FUSE_NOTIFY_RESEND (7.40) */
+const NOTIFY_RESEND = 7
+/** Bits of INIT's flags2 (the upper 32 bits of the 64-bit flags). */
+const InitFlag2 = { HAS_RESEND: 1 << (39 - 32) } as const
+
 export class FuseSession {
   private fd = -1
   private closed: Promise<void> | undefined
@@ -311,7 +336,8 @@ export class FuseSession {
       allowOther: opts.allowOther ?? true,
       readers: opts.readers ?? 2,
       maxRead: opts.maxRead ?? 1024 * 1024,
-      readAheadKb: opts.readAheadKb ?? 4096
+      readAheadKb: opts.readAheadKb ?? 4096,
+      holder: opts.holder ?? false
     }
     this.counters = new SharedArrayBuffer(this.opts.readers * MAX_DIRECT * 2 * 8)
   }
@@ -321,6 +347,62 @@ export class FuseSession {
   statistics (): FuseStats {
     this.flushDirect()
     return { ...this.stats }
+  }
+
+  /** What a successor needs to adopt this session's connection (after a crash). */
+  get adoption (): FuseAdoption | undefined {
+    return this.holderPid !== undefined ? { holderPid: this.holderPid, fd: 3, noOpen: this.noOpen, noOpendir: this.noOpendir, resend: this.canResend } : undefined
+  }
+
+  private holderPid: number | undefined
+  private canResend = false
+
+  /** The holder: a process that keeps our /dev/fuse descriptor open (as its fd 3) while the mount exists. */
+  private startHolder (): void {
+    if (!existsSync('/usr/bin/perl')) return // no failover launcher either (lib/fsdapi/failover.ts)
+    try {
+      // it ends by itself once the mount is gone from the mount table (unmounted, or detached after
+      // its daemon died and was not replaced), so a holder never outlives its mount for long; it
+      // never touches the mount itself
+      const esc = this.opts.mountpoint.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'))
+      const child = spawn('perl', ['-e', HOLDER, esc], { stdio: ['ignore', 'ignore', 'ignore', this.fd], detached: true })
+      child.on('error', (err) => { this.deps.log.warn({ err }, 'the FUSE descriptor holder could not be started: this mount will not survive a crash of the daemon') })
+      child.unref()
+      this.holderPid = child.pid
+    } catch (err) {
+      this.deps.log.warn({ err }, 'the FUSE descriptor holder could not be started')
+    }
+  }
+
+  private stopHolder (): void {
+    if (this.holderPid === undefined) return
+    try { process.kill(-this.holderPid, 'SIGKILL') } catch {} // its process group (setsid)
+    this.holderPid = undefined
+  }
+
+  /**
+   * Serves the connection of a mount made by a daemon that died: `fd` is its /dev/fuse
+   * descriptor (taken from the holder), the kernel's INIT was answered back then. Requests the
+   * dead daemon read but never answered are queued again (FUSE_NOTIFY_RESEND).
+   */
+  async adopt (fd: number, a: FuseAdoption): Promise<void> {
+    this.fd = fd
+    this.noOpen = a.noOpen
+    this.noOpendir = a.noOpendir
+    this.canResend = a.resend
+    this.holderPid = a.holderPid
+    this.initDone = true
+    this.startReaders()
+    // notification: unique 0, the error field carries the code; no payload
+    writevSync(this.fd, [outHeader(OUT_HEADER, NOTIFY_RESEND, 0n)])
+    if (this.opts.readAheadKb > 0) await this.setReadAhead(this.opts.readAheadKb)
+  }
+
+  private startReaders (): void {
+    this.loopDone = Promise.all(Array.from({ length: this.opts.readers }, async (_, k) => { await this.readLoop(k) })).then(() => {})
+    this.flushTimer = setInterval(() => { this.flushDirect() }, 1000)
+    this.flushTimer.unref()
+    void this.loopDone.then(() => { clearInterval(this.flushTimer); this.flushDirect() })
   }
 
   /** Opens /dev/fuse, mounts, and starts serving. Resolves once the kernel's INIT is answered. */
@@ -338,11 +420,9 @@ export class FuseSession {
     let initResolve!: () => void
     const init = new Promise<void>((resolve) => { initResolve = resolve })
     this.onInit = initResolve
-    this.loopDone = Promise.all(Array.from({ length: this.opts.readers }, async (_, k) => { await this.readLoop(k) })).then(() => {})
-    this.flushTimer = setInterval(() => { this.flushDirect() }, 1000)
-    this.flushTimer.unref()
-    void this.loopDone.then(() => { clearInterval(this.flushTimer); this.flushDirect() })
-    await Promise.race([init, this.loopDone.then(() => { throw new Error('FUSE session ended before INIT') })])
+    this.startReaders()
+    await Promise.race([init, this.loopDone!.then(() => { throw new Error('FUSE session ended before INIT') })])
+    if (this.opts.holder) this.startHolder()
     if (this.opts.readAheadKb > 0) await this.setReadAhead(this.opts.readAheadKb)
   }
 
@@ -666,6 +746,7 @@ export class FuseSession {
         // twice). Older kernels would fail the open on ENOSYS: only when they say they can.
         this.noOpen = (i.flags & InitFlag.NO_OPEN_SUPPORT) !== 0
         this.noOpendir = (i.flags & InitFlag.NO_OPENDIR_SUPPORT) !== 0
+        this.canResend = (i.flags & InitFlag.INIT_EXT) !== 0 && (i.flags2 & InitFlag2.HAS_RESEND) !== 0
         this.reply(h.unique, 0, encodeInitOut({
           minor: Math.min(i.minor, FUSE_KERNEL_MINOR),
           maxReadahead: Math.min(i.maxReadahead, this.opts.maxRead),
@@ -796,6 +877,7 @@ export class FuseSession {
     this.closed ??= (async () => {
       if (this.fd >= 0) {
         await unmountFuse(this.opts.mountpoint).catch((err: unknown) => { this.deps.log.warn({ err, mountpoint: this.opts.mountpoint }, 'unmount failed') })
+        this.stopHolder()
         const fd = this.fd
         this.fd = -1
         await closeP(fd).catch(() => {})

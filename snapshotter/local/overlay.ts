@@ -199,10 +199,15 @@ export class LocalSnapshotter implements Snapshotter {
           return mp
         }
         if (have?.mode === 'fuse') this.#log.warn({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'the FUSE mount of the image is gone (fsdaemon restarted or killed); mounting it again')
-        await mkdir(mp, { recursive: true, mode: 0o755 }).catch((err: NodeJS.ErrnoException) => {
-          // the stale mount of a dead fsdaemon is still there: the fsdaemon detaches it before mounting
-          if (err.code !== 'ENOTCONN' && err.code !== 'ECONNABORTED') throw err
-        })
+        // a mountpoint used before may still be the FUSE mount of a dead fsdaemon, whose holder
+        // keeps it waiting for the next fsdaemon to adopt it: never touch it here (a stat would
+        // wait too); the fsdaemon adopts it, or detaches it and mounts again
+        if (have?.mode !== 'fuse') {
+          await mkdir(mp, { recursive: true, mode: 0o755 }).catch((err: NodeJS.ErrnoException) => {
+            // the stale mount of a dead fsdaemon is still there: the fsdaemon detaches it before mounting
+            if (err.code !== 'ENOTCONN' && err.code !== 'ECONNABORTED') throw err
+          })
+        }
         await this.#remote.mount(mp, image, { ...(signal !== undefined ? { signal } : {}) })
         s.setRemoteLower({ snapshotId: id, mode: 'fuse', image: image.image, path: mp })
         this.#log.info({ snapshot: b.rec.name, image: image.image, mountpoint: mp }, 'image mounted lazily')

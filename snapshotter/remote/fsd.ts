@@ -16,6 +16,7 @@ import { mkdirSync, openSync, closeSync, existsSync, readFileSync } from 'node:f
 import { stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
+import { launchCommand } from '../../lib/fsdapi/failover.ts'
 import { NaiadError, hasCode, throwIfAborted } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import type { Credentials } from '../../lib/registry/credentials.ts'
@@ -67,6 +68,8 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
   #starting: Promise<void> | undefined
   #lastPid: number | undefined
   #closed: Promise<void> | undefined
+  /** Restarts a started fsdaemon that died (it adopts the FUSE connections of running containers). */
+  #watchdog: NodeJS.Timeout | undefined
   readonly #credentials: ImageCredentials | undefined
   /** The credentials last given to each mount by this process (memory only). */
   readonly #given = new Map<string, Credentials | undefined>()
@@ -84,6 +87,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     try {
       const info = await this.#quick.daemon(signal)
       this.#lastPid = info.pid
+      this.#watch()
       return info.pid
     } catch (err) {
       if (!hasCode(err, 'NAIAD_FS_DAEMON_UNAVAILABLE')) throw err
@@ -94,7 +98,25 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     }
     this.#starting ??= this.#start(signal).finally(() => { this.#starting = undefined })
     await this.#starting
+    this.#watch()
     return this.#lastPid ?? -1
+  }
+
+  /**
+   * Supervision: once an fsdaemon was started or found, a dead one is replaced within a second or
+   * two, not at the next prepare, so that the FUSE connections its holders keep alive are adopted
+   * while running containers wait for their reads (lib/fsdapi/failover.ts).
+   */
+  #watch (): void {
+    if (!this.#o.start || this.#watchdog !== undefined || this.#closed !== undefined) return
+    this.#watchdog = setInterval(() => {
+      const pid = this.#lastPid
+      if (pid === undefined || pidAlive(pid) || this.#starting !== undefined || this.#closed !== undefined) return
+      this.#log.warn({ pid }, 'the fsdaemon died; starting a new one, which adopts the FUSE connections of running containers')
+      this.#lastPid = undefined
+      this.ensure().catch((err: unknown) => { this.#log.error({ err }, 'restarting the fsdaemon failed; the next prepare tries again') })
+    }, 1000)
+    this.#watchdog.unref()
   }
 
   async #start (signal?: AbortSignal): Promise<void> {
@@ -105,7 +127,9 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     if (this.#o.cacheDir !== '') args.push('--cache-dir', this.#o.cacheDir)
     if (this.#o.stateDir !== '') args.push('--state-dir', this.#o.stateDir)
     if (this.#o.plainHttp) args.push('--plain-http')
-    const [cmd, argv] = bin.endsWith('.js') || bin.endsWith('.mjs') ? [process.execPath, [bin, ...args]] : [bin, args]
+    const [node, nodeArgv] = bin.endsWith('.js') || bin.endsWith('.mjs') ? [process.execPath, [bin, ...args]] : [bin, args]
+    // through the failover launcher: the new daemon adopts the FUSE connections of a dead one
+    const { cmd, args: argv } = launchCommand(this.#o.socket, node, nodeArgv)
     mkdirSync(dirname(this.#o.logFile), { recursive: true, mode: 0o700 })
     const fd = openSync(this.#o.logFile, 'a', 0o600)
     let exited: string | undefined
@@ -115,7 +139,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
       child.once('exit', (code, sig) => { exited = `exited (${String(code ?? sig)})` })
       child.once('error', (err) => { exited = `could not be run: ${err.message}` })
       child.unref()
-      this.#log.info({ pid: child.pid, cmd, args: argv, logFile: this.#o.logFile }, 'started the fsdaemon')
+      this.#log.info({ pid: child.pid, cmd: node, args: nodeArgv, failoverLauncher: cmd !== node, logFile: this.#o.logFile }, 'started the fsdaemon')
     } finally {
       closeSync(fd)
     }
@@ -168,6 +192,13 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
       throw err
     }
     if (!mounts.some((m) => m.mountpoint === mountpoint)) return false
+    if (this.#lastPid === undefined) {
+      // a daemon started before this snapshotter: supervise it from now on
+      try {
+        this.#lastPid = (await this.#quick.daemon(opts.signal)).pid
+        this.#watch()
+      } catch {}
+    }
     try {
       // the snapshotter serves no FUSE mount itself, so stat through the kernel is safe here
       await stat(mountpoint)
@@ -232,6 +263,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
 
   async close (): Promise<void> {
     this.#closed ??= (async () => {
+      clearInterval(this.#watchdog)
       if (!this.#o.stopOnClose) return
       let pid = this.#lastPid
       try {

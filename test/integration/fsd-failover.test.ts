@@ -1,0 +1,183 @@
+/**
+ * FUSE failover (lib/fsdapi/failover.ts) with the real kernel: the node fsdaemon, started through
+ * the failover launcher, mounts the Nydus fixture; `kill -9` of the daemon; a reader started
+ * while no daemon runs waits (no ENOTCONN); the next daemon, started through the launcher, adopts
+ * the same FUSE connection (same device, no new mount) and the reader gets the right bytes. A
+ * clean stop unmounts and ends the holder. Without the launcher (no descriptors handed over) the
+ * next daemon ends the old holder, detaches the dead mount and mounts again. A read the dead
+ * daemon had taken from the kernel but not answered (its registry fetch held by a proxy when the
+ * daemon was killed) is answered by the next daemon (FUSE_NOTIFY_RESEND).
+ */
+import { execFile, spawn } from 'node:child_process'
+import http from 'node:http'
+import { Writable } from 'node:stream'
+import { run } from '../../bin/program.ts'
+import { buildImage, patternBytes, pushImage } from '../helpers/images.ts'
+import { haveRegistry, startRegistry, type RunningRegistry } from '../helpers/registry.ts'
+import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, copyFileSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
+import { tmpdir } from 'node:os'
+import { join } from 'node:path'
+import { promisify } from 'node:util'
+import { afterAll, beforeAll, describe, expect, it } from 'vitest'
+import { FsdClient } from '../../lib/fsdapi/index.ts'
+import { holdersFile, launchCommand, parseHolders } from '../../lib/fsdapi/failover.ts'
+import { NAIAD_BIN } from '../helpers/daemon.ts'
+
+const exec = promisify(execFile)
+const FIXTURES = new URL('../fixtures/nydus/', import.meta.url).pathname
+const BLOB = 'be7d77eeb719f70884758d1aa800ed0fb09d701aaec469964e9d54325f0d5fef'
+const SHA = {
+  'lib.rs': '1810eba864521293bb0d6b55a3c82318d4d89f294ed761c456d9088a17de0c69',
+  'sync_io.rs': 'e629ab260ff0dc02a24648a3e0dd8c13a5daf233d535c330e3201925f5eeff96'
+}
+
+function alive (pid: number): boolean {
+  try { process.kill(pid, 0) } catch { return false }
+  try {
+    const st = readFileSync(`/proc/${pid}/stat`, 'utf8')
+    return st.slice(st.lastIndexOf(')') + 2, st.lastIndexOf(')') + 3) !== 'Z'
+  } catch { return false }
+}
+
+const sleep = async (ms: number): Promise<void> => { await new Promise((resolve) => setTimeout(resolve, ms)) }
+
+describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSync('/usr/bin/perl'))('fsdaemon failover: FUSE connections survive kill -9', () => {
+  let work = ''
+  const pids: number[] = []
+  let reg: RunningRegistry | undefined
+
+  beforeAll(() => {
+    work = mkdtempSync(join(tmpdir(), 'naiad-failover-'))
+    mkdirSync(join(work, 'blobs'))
+    copyFileSync(join(FIXTURES, BLOB), join(work, 'blobs', BLOB))
+  })
+
+  afterAll(async () => {
+    for (const pid of pids) { try { process.kill(pid, 'SIGKILL') } catch {} }
+    for (const l of readFileSync('/proc/self/mounts', 'utf8').split('\n')) {
+      const mp = l.split(' ')[1]
+      if (mp?.startsWith(work) === true) await exec('umount', ['-l', mp]).catch(() => {})
+    }
+    await reg?.stop()
+    if (work !== '') rmSync(work, { recursive: true, force: true })
+  })
+
+  /** Starts the node daemon (detached, like the snapshotter does), through the launcher unless told not to. */
+  async function startDaemon (name: string, launcher = true): Promise<{ pid: number, sock: string }> {
+    const sock = join(work, name, 'fsd.sock')
+    mkdirSync(join(work, name), { recursive: true })
+    const argv = [NAIAD_BIN, 'fsd', '--socket', sock, '--cache-dir', join(work, name, 'cache'), '--state-dir', join(work, name, 'state'), '--log-level', 'info']
+    const l = launcher ? launchCommand(sock, process.execPath, argv) : { cmd: process.execPath, args: argv }
+    const log = openSync(join(work, name, 'fsd.log'), 'a')
+    const child = spawn(l.cmd, l.args, { detached: true, stdio: ['ignore', log, log] })
+    closeSync(log)
+    child.unref()
+    pids.push(child.pid!)
+    const client = new FsdClient({ socketPath: sock, timeoutMs: 2000 })
+    for (let i = 0; i < 200; i++) {
+      try {
+        const info = await client.daemon()
+        expect(info.pid).toBe(child.pid)
+        return { pid: info.pid, sock }
+      } catch {}
+      await sleep(50)
+    }
+    throw new Error(`the fsdaemon did not start: ${readFileSync(join(work, name, 'fsd.log'), 'utf8').slice(-2000)}`)
+  }
+
+  async function killAndWait (pid: number): Promise<void> {
+    process.kill(pid, 'SIGKILL')
+    for (let i = 0; i < 200 && alive(pid); i++) await sleep(20)
+  }
+
+  const sha = async (file: string): Promise<string> => (await exec('sha256sum', [file])).stdout.split(' ')[0]!
+
+  it('the next daemon adopts the connection: a reader waiting meanwhile gets the right bytes, the mount stays the same', async () => {
+    const d1 = await startDaemon('adopt')
+    const mnt = join(work, 'adopt', 'mnt')
+    const client = new FsdClient({ socketPath: d1.sock })
+    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    expect(await sha(join(mnt, 'lib.rs'))).toBe(SHA['lib.rs'])
+    const dev = statSync(mnt).dev
+    const holders = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))
+    expect(holders.map((h) => h.mountpoint)).toEqual([mnt])
+    const holder = holders[0]!.pid
+    pids.push(holder)
+    expect(alive(holder)).toBe(true)
+
+    await killAndWait(d1.pid)
+    // no daemon: a new reader waits instead of failing
+    let done = false
+    const reading = sha(join(mnt, 'sync_io.rs')).finally(() => { done = true })
+    await sleep(700)
+    expect(done).toBe(false)
+    const d2 = await startDaemon('adopt')
+    expect(await reading).toBe(SHA['sync_io.rs'])
+    expect(statSync(mnt).dev).toBe(dev)
+    expect((await client.list()).map((m) => m.mountpoint)).toEqual([mnt])
+    expect(readFileSync(join(work, 'adopt', 'fsd.log'), 'utf8')).toContain('adopted the FUSE connection of the dead daemon')
+    expect(await sha(join(mnt, 'lib.rs'))).toBe(SHA['lib.rs'])
+
+    // a clean stop unmounts and ends the holder
+    process.kill(d2.pid, 'SIGTERM')
+    for (let i = 0; i < 200 && alive(d2.pid); i++) await sleep(25)
+    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
+    for (let i = 0; i < 50 && alive(holder); i++) await sleep(20)
+    expect(alive(holder)).toBe(false)
+    expect(existsSync(holdersFile(d1.sock))).toBe(false)
+  }, 60_000)
+
+  it('without the launcher the next daemon ends the old holder and mounts again', async () => {
+    const d1 = await startDaemon('plain')
+    const mnt = join(work, 'plain', 'mnt')
+    const client = new FsdClient({ socketPath: d1.sock })
+    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    const holder = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))[0]!.pid
+    pids.push(holder)
+    await killAndWait(d1.pid)
+    const d2 = await startDaemon('plain', false)
+    expect(alive(holder)).toBe(false)
+    expect(await sha(join(mnt, 'sync_io.rs'))).toBe(SHA['sync_io.rs'])
+    expect(readFileSync(join(work, 'plain', 'fsd.log'), 'utf8')).toContain('remounted after restart')
+    process.kill(d2.pid, 'SIGTERM')
+    for (let i = 0; i < 200 && alive(d2.pid); i++) await sleep(25)
+  }, 60_000)
+
+  it.skipIf(!haveRegistry())('a read the dead daemon had taken but not answered is answered by the next one (resend)', async () => {
+    reg = await startRegistry()
+    const img = buildImage({ workDir: join(work, 'img'), layers: [(r) => { writeFileSync(join(r, 'big.bin'), patternBytes(3 << 20, 7)) }] })
+    pushImage(img, reg.host, 'fo/app:oci')
+    const sink = new Writable({ write (_c, _e, cb) { cb() } })
+    expect(await run(['convert', '--source', `${reg.host}/fo/app:oci`, '--target', `${reg.host}/fo/app:nydus`], { stdout: sink, stderr: sink })).toBe(0)
+    const want = (await exec('sha256sum', [join(work, 'img', 'layer0', 'big.bin')])).stdout.split(' ')[0]
+    // a proxy in front of the registry that holds ranged blob GETs while told to
+    let hold = false
+    let heldOne: (() => void) | undefined
+    const held = new Promise<void>((resolve) => { heldOne = resolve })
+    const [rHost, rPort] = reg.host.split(':') as [string, string]
+    const proxy = http.createServer((req, res) => {
+      if (hold && req.url?.includes('/blobs/') === true && req.headers.range !== undefined) { heldOne?.(); return } // never answered
+      const up = http.request({ host: rHost, port: Number(rPort), method: req.method, path: req.url, headers: req.headers }, (ur) => { res.writeHead(ur.statusCode ?? 502, ur.rawHeaders); ur.pipe(res) })
+      up.on('error', () => { res.destroy() })
+      req.pipe(up)
+    })
+    await new Promise<void>((resolve) => proxy.listen(0, '127.0.0.1', resolve))
+    try {
+      const ref = `127.0.0.1:${(proxy.address() as { port: number }).port}/fo/app:nydus`
+      const d1 = await startDaemon('resend')
+      const mnt = join(work, 'resend', 'mnt')
+      await new FsdClient({ socketPath: d1.sock }).mount({ mountpoint: mnt, image: ref, prefetch: false })
+      pids.push(...parseHolders(readFileSync(holdersFile(d1.sock), 'utf8')).map((h) => h.pid))
+      hold = true
+      const reading = sha(join(mnt, 'big.bin'))
+      await held // the daemon has the READ and waits for the registry
+      await killAndWait(d1.pid)
+      hold = false
+      await startDaemon('resend')
+      expect(await reading).toBe(want)
+    } finally {
+      proxy.closeAllConnections()
+      await new Promise((resolve) => proxy.close(resolve))
+    }
+  }, 90_000)
+})
