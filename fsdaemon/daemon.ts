@@ -276,7 +276,7 @@ export class FsDaemon {
         }
       }, () => {})
       await this.saveState()
-      log.info({ durationMs: Date.now() - t0, blobs: bootstrap.blobs.length, inodes: bootstrap.inodeCount, credentials: credentials?.given === true ? 'from the mount request' : 'the daemon\'s' }, 'mounted')
+      log.info({ durationMs: Date.now() - t0, blobs: bootstrap.blobs.length, inodes: bootstrap.inodeCount, registryAuth: credentials?.given === true ? 'from the mount request' : 'the daemon\'s own' }, 'mounted')
       return this.info(m)
     } catch (err) {
       for (const l of caches.values()) await l.release().catch(() => {})
