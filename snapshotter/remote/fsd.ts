@@ -16,7 +16,7 @@ import { mkdirSync, openSync, closeSync, existsSync, readFileSync } from 'node:f
 import { stat } from 'node:fs/promises'
 import { dirname } from 'node:path'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
-import { launchCommand } from '../../lib/fsdapi/failover.ts'
+import { holdersFile, launchCommand, parseHolders } from '../../lib/fsdapi/failover.ts'
 import { NaiadError, hasCode, throwIfAborted } from '../../lib/errors/index.ts'
 import type { Logger } from '../../lib/log/index.ts'
 import type { Credentials } from '../../lib/registry/credentials.ts'
@@ -277,6 +277,12 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
         this.#log.warn({ pid }, 'the fsdaemon did not stop in 15 s; killing it')
         try { process.kill(pid, 'SIGKILL') } catch {}
         for (let i = 0; i < 100 && pidAlive(pid); i++) await sleep(50)
+        // its holders would keep the mounts' connections waiting for a successor: end them
+        try {
+          for (const h of parseHolders(readFileSync(holdersFile(this.#o.socket), 'utf8'))) {
+            try { process.kill(-h.pid, 'SIGKILL') } catch {}
+          }
+        } catch {}
       }
       this.#log.info({ pid, stopped: !pidAlive(pid) }, 'fsdaemon stopped')
     })()
