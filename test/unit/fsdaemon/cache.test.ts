@@ -124,6 +124,28 @@ describe('BlobCache reads', () => {
     expect(cache.stats().bytesFetched).toEqual({ origin: ref(5).compressedSize })
   })
 
+  it('reads ready chunks synchronously into a buffer; ready bits are in shared memory', async () => {
+    const chain = new SourceChain({ sources: [origin(server)] })
+    const cache = await openCache()
+    const into = Buffer.alloc(1000)
+    // not ready: nothing read, read() has to fetch
+    expect(cache.readReadySync(ref(3), 100, into)).toBe(false)
+    expect(cache.readyBits.buffer).toBeInstanceOf(SharedArrayBuffer)
+    expect((cache.readyBits[0]! >> 3) & 1).toBe(0)
+    await cache.read(ref(3), 0, 10, chain)
+    expect((cache.readyBits[0]! >> 3) & 1).toBe(1)
+    const hits = cache.stats().cacheHits
+    expect(cache.readReadySync(ref(3), 100, into)).toBe(true)
+    expect(into.equals(tb.chunk(3).subarray(100, 1100))).toBe(true)
+    expect(cache.stats().cacheHits).toBe(hits + 1)
+    // out of the chunk's bounds: refused, not read
+    expect(cache.readReadySync(ref(3), 4000, into)).toBe(false)
+    // the cache file lost the chunk: a short read is no answer (read() fetches it again)
+    await truncate(cache.dataPath, ref(3).uncompressedOffset)
+    expect(cache.readReadySync(ref(3), 100, into)).toBe(false)
+    expect((await cache.read(ref(3), 100, 1000, chain)).equals(tb.chunk(3).subarray(100, 1100))).toBe(true)
+  })
+
   it('fetches a chunk once for many concurrent readers', async () => {
     server.reset()
     server.delayMs = 50
