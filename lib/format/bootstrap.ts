@@ -1292,10 +1292,11 @@ function overlaps (a: number, alen: number, b: number, blen: number): boolean {
   return a < b + blen && b < a + alen
 }
 
+/** S_IFMT bits → type, built once (decoding an inode must not allocate). */
+const TYPE_OF_BITS: ReadonlyMap<number, InodeType> = new Map(Object.entries(TYPE_BITS).map(([k, v]) => [v, k as InodeType]))
+
 function typeOfMode (mode: number): InodeType | undefined {
-  const t = mode & S_IFMT
-  for (const [k, v] of Object.entries(TYPE_BITS)) if (v === t) return k as InodeType
-  return undefined
+  return TYPE_OF_BITS.get(mode & S_IFMT)
 }
 
 /** Names of the EROFS xattr prefixes naiad stores (for callers that filter xattrs before writing). */
