@@ -37,6 +37,14 @@ import { freePort, startCountingProxy, startRegistry } from '../test/helpers/reg
 
 interface Captured { code: number, out: string, err: string }
 
+/**
+ * The containerd namespace of this run. runc keeps its state under /run/containerd/runc/<namespace>/<id>
+ * whatever containerd's root is, so two demos at once (the tests run `demo` and `demo --image` side by
+ * side) must not share a namespace: the second `ctr run` failed with "container with given ID already
+ * exists".
+ */
+const NS = `naiad-demo-${process.pid}`
+
 async function naiad (...argv: string[]): Promise<Captured> {
   const out: string[] = []; const err: string[] = []
   const w = (a: string[]): Writable => new Writable({ write (c, _e, cb) { a.push(String(c)); cb() } })
@@ -65,13 +73,13 @@ async function waitHttp (url: string, timeoutMs = 30_000): Promise<void> {
 async function ctrRun (c: RunningContainerd, args: string[], t0: number, stopAfterMs?: number): Promise<{ firstMs: number, output: string, stopped: boolean }> {
   const id = args.filter(a => !a.startsWith('-'))[1] ?? ''
   return await new Promise((resolve, reject) => {
-    const child = spawn('/usr/bin/ctr', ['-a', c.address, '-n', 'demo', 'run', '--rm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
+    const child = spawn('/usr/bin/ctr', ['-a', c.address, '-n', NS, 'run', '--rm', ...args], { stdio: ['ignore', 'pipe', 'pipe'] })
     let firstMs = -1
     let out = ''
     let err = ''
     let stopped = false
     let stopTimer: NodeJS.Timeout | undefined
-    const kill = (): void => { stopped = true; c.ctr('demo', ['tasks', 'kill', '-s', 'SIGKILL', id], 30_000).catch(() => { child.kill('SIGKILL') }) }
+    const kill = (): void => { stopped = true; c.ctr(NS, ['tasks', 'kill', '-s', 'SIGKILL', id], 30_000).catch(() => { child.kill('SIGKILL') }) }
     const t = setTimeout(() => { if (firstMs < 0) child.kill('SIGKILL'); else kill() }, 120_000)
     child.stdout.on('data', (d: Buffer) => {
       if (firstMs < 0) {
@@ -218,6 +226,7 @@ async function main (): Promise<number> {
       await snapshotter.waitFor('ready', 30_000)
       const containerd = await startContainerd({ dir: join(dir, 'containerd'), snapshotterSocket: snapSocket })
       teardown.push(async () => { await containerd.stop() })
+      await containerd.ctr(NS, ['namespaces', 'create', NS]) // and stop() cleans up this namespace's tasks and runc state
       say(`node ${name}:     containerd (pid ${containerd.pid}) + naiad snapshotter (pid ${snapshotter.pid}) + peer on 127.0.0.1:${mirrorPort} (pid ${peer.pid})`)
       nodes.push({ name, peer, mirrorPort, snapshotter, fsdSocket, containerd })
     }
@@ -229,7 +238,7 @@ async function main (): Promise<number> {
     let bytes0 = proxy.bytesServed()
     let t0 = Date.now()
     say(`\nnormal:     ctr images pull + ctr run on overlayfs (node a) …`)
-    await a.containerd.ctr('demo', ['images', 'pull', '--plain-http', normalRef], 300_000)
+    await a.containerd.ctr(NS, ['images', 'pull', '--plain-http', normalRef], 300_000)
     const normal = await ctrRun(a.containerd, [normalRef, 'demo-normal', ...cmd], t0, stopAfter)
     const normalBytes = proxy.bytesServed() - bytes0
     process.stdout.write(normal.output.split('\n').map(l => l === '' ? l : '            | ' + l).join('\n'))
@@ -240,7 +249,7 @@ async function main (): Promise<number> {
       say(`lazy:       naiad pull + ctr run --snapshotter nydus (node ${n.name}) …`)
       bytes0 = proxy.bytesServed()
       t0 = Date.now()
-      const p = await naiad('pull', '--address', n.containerd.address, '--namespace', 'demo', '--plain-http', target)
+      const p = await naiad('pull', '--address', n.containerd.address, '--namespace', NS, '--plain-http', target)
       if (p.code !== 0) { process.stderr.write(p.err); return p.code }
       const pullMs = Date.now() - t0
       const out = await ctrRun(n.containerd, ['--snapshotter', 'nydus', target, `demo-lazy-${n.name}`, ...cmd], t0, stopAfter)
