@@ -6,9 +6,13 @@
  * bytes ÷ the blob size, the lower bound T ≥ max(S/O, S/D, N·S/(O + N·U)) and the time of N direct
  * pulls from the registry in the same setup.
  *
- *   npm run bench:p2p -- [--peers 4,8,16] [--size 256MiB] [--rate 100] [--order seq|random]
+ *   npm run bench:p2p -- [--peers 4,8,16] [--size 256MiB] [--rate 100] [--queue-ms 100] [--order seq|random]
  *                        [--chunk 1MiB] [--concurrency 4] [--skip-direct] [--json out.json]
  *                        [--origin-read-ahead K] [--cpu-prof DIR (profiles peers p1 and p9 and the reader of p1)]
+ *
+ * `--queue-ms`: tbf's queue on every link (ms of its rate). `--verbose` adds per-peer sources, CPU
+ * use, the scheduler's assignments and a timeline of the origin link's use and the peers' mean
+ * download rate per 5 s (from the switch's counters).
  *
  * Needs root, iproute2, docker-registry and a build (`npm run build`).
  */
@@ -32,6 +36,7 @@ const { values: a } = parseArgs({
     peers: { type: 'string', default: '4,8,16' },
     size: { type: 'string', default: '256MiB' },
     rate: { type: 'string', default: '100' },
+    'queue-ms': { type: 'string', default: '100' },
     order: { type: 'string', default: 'seq' },
     chunk: { type: 'string', default: '1MiB' },
     concurrency: { type: 'string', default: '4' },
@@ -96,6 +101,7 @@ async function runOne (n: number): Promise<Row> {
   const dir = await mkdtemp(join(tmpdir(), 'naiad-bench-p2p-'))
   const children: ChildProcess[] = []
   try {
+    lab.queueMs = Number(a['queue-ms'])
     await lab.create()
     await lab.addHost('reg', { rateMbit: RATE })
     await lab.addHost('sched', { rateMbit: RATE })
@@ -149,8 +155,21 @@ async function runOne (n: number): Promise<Row> {
     const before = await registry.blobBytes(digest)
     const stat0 = await cpuTicks()
     const t0 = performance.now()
+    // Timeline (--verbose): every second, the registry's upload and the peers' downloads, from the
+    // switch's counters, to see whether the origin link is kept busy and where the tail is.
+    const samples: Array<{ t: number, reg: number, peers: number }> = []
+    let sampling = a.verbose
+    const sampler = (async () => {
+      while (sampling) {
+        const m = await lab.linkBytes().catch(() => undefined)
+        if (m !== undefined) samples.push({ t: (performance.now() - t0) / 1000, reg: m.get('reg')?.tx ?? 0, peers: names.reduce((x, h) => x + (m.get(h)?.rx ?? 0), 0) })
+        await new Promise(resolve => setTimeout(resolve, 1000))
+      }
+    })()
     const rs = await Promise.all(names.map(async h => await read(h, 'http://127.0.0.1:65001', registry.url)))
     const p2pSeconds = (performance.now() - t0) / 1000
+    sampling = false
+    await sampler
     const stat1 = await cpuTicks()
     await new Promise(resolve => setTimeout(resolve, 500))
     const registryRatio = (await registry.blobBytes(digest) - before) / S
@@ -170,6 +189,19 @@ async function runOne (n: number): Promise<Row> {
       const d = stat1.map((v, i) => (v - (stat0[i] ?? 0)) / 100)
       process.stderr.write(`  machine cpu seconds during the reads (every process, 2 cores = ${(2 * p2pSeconds).toFixed(0)}): user ${((d[0] ?? 0) + (d[1] ?? 0)).toFixed(0)}, system ${(d[2] ?? 0).toFixed(0)}, softirq ${(d[6] ?? 0).toFixed(0)}, idle ${(d[3] ?? 0).toFixed(0)}, steal ${(d[7] ?? 0).toFixed(0)}\n`)
       process.stderr.write(`  cpu seconds: scheduler ${(await cpu(children[0]?.pid)).toFixed(1)}, peers ${peerCpu.reduce((x, y) => x + y, 0).toFixed(1)} (max ${Math.max(...peerCpu).toFixed(1)}), readers ${(rs.reduce((x, r) => x + (r.cpuMs ?? 0), 0) / 1000).toFixed(1)}\n`)
+      if (samples.length > 1) {
+        // per 5 s window: the origin link's use (share of its rate) and the peers' mean download rate
+        const line: string[] = []
+        const first = samples[0]!
+        let prev = first
+        for (const smp of samples) {
+          if (smp.t - prev.t < 5 && smp !== samples.at(-1)) continue
+          const dt = smp.t - prev.t
+          line.push(`${prev.t.toFixed(0)}-${smp.t.toFixed(0)}s origin ${(100 * (smp.reg - prev.reg) / dt / BPS).toFixed(0)}% peers ${(100 * (smp.peers - prev.peers) / dt / BPS / n).toFixed(0)}%`)
+          prev = smp
+        }
+        process.stderr.write(`  links (share of ${RATE} Mbit/s; peers: mean download): ${line.join(', ')}\n`)
+      }
       const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
       process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')}\n`)
     }

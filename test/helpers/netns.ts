@@ -78,6 +78,8 @@ export class NetLab {
   readonly prefix: string
   readonly subnet: number
   readonly hosts = new Map<string, LabHost>()
+  /** tbf's queue, in ms of the link's rate: how long a packet may wait before it is dropped. */
+  queueMs = 100
   private readonly children = new Set<ChildProcess>()
   private destroying: Promise<void> | undefined
   private created = false
@@ -161,11 +163,28 @@ export class NetLab {
     for (const [ns, dev, rate] of [[h.ns, h.dev, mbit], [this.swNs, h.swDev, downMbit]] as const) {
       await run('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'del', 'dev', dev, 'root']).catch(() => {})
       if (rate !== undefined) {
-        // burst: at least one 10 ms worth of bytes (and 64 KiB), so tbf itself is not the bottleneck
-        const burst = Math.max(64 * 1024, Math.ceil(rate * 1e6 / 8 / 100))
-        await run('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', `${rate}mbit`, 'burst', String(burst), 'latency', '100ms'])
+        // burst: at least one 10 ms worth of bytes, so tbf itself is not the bottleneck, and above
+        // the veth's 64 KiB GSO packets (tbf splits a packet larger than its burst in software:
+        // at 40 Mbit/s with a 64 KiB burst that cost 8x the softirq time of 100 Mbit/s)
+        const burst = Math.max(192 * 1024, Math.ceil(rate * 1e6 / 8 / 100))
+        await run('ip', ['netns', 'exec', ns, 'tc', 'qdisc', 'add', 'dev', dev, 'root', 'tbf', 'rate', `${rate}mbit`, 'burst', String(burst), 'latency', `${this.queueMs}ms`])
       }
     }
+  }
+
+  /**
+   * Bytes each host has sent and received so far, read from the switch side of its link in one
+   * call (the switch receives what the host sends and sends what the host receives).
+   */
+  async linkBytes (): Promise<Map<string, { tx: number, rx: number }>> {
+    const out = JSON.parse(await run('ip', ['-n', this.swNs, '-s', '-j', 'link', 'show'])) as Array<{ ifname: string, stats64?: { rx: { bytes: number }, tx: { bytes: number } } }>
+    const bySw = new Map(out.map(l => [l.ifname, l.stats64]))
+    const m = new Map<string, { tx: number, rx: number }>()
+    for (const h of this.hosts.values()) {
+      const st = bySw.get(h.swDev)
+      if (st !== undefined) m.set(h.name, { tx: st.rx.bytes, rx: st.tx.bytes })
+    }
+    return m
   }
 
   /** Spawns `cmd args` inside a host's namespace; the child is killed by destroy(). */
