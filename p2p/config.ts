@@ -90,8 +90,8 @@ export const schedulerConfigSchema = s.object({
   scheduling: s.object({
     candidate_parents: s.integer({ min: 1, max: 20, default: 3, description: 'parents offered per piece, best first' }),
     origin_budget_per_piece: s.integer({ min: 1, max: 1000, default: 1, description: 'concurrent origin fetches of one piece cluster-wide' }),
-    origin_permits_per_peer: s.integer({ min: 1, max: 1000, default: 2, description: 'concurrent origin fetches one download may hold, so the first fetches of a blob spread over the peers asking for it' }),
-    origin_concurrency_per_task: s.integer({ min: 1, max: 10000, default: 2, description: 'concurrent origin fetches of one blob cluster-wide (fewer, faster streams deliver pieces in the order readers need them)' }),
+    origin_permits_per_peer: s.integer({ min: 1, max: 1000, default: 1, description: 'concurrent origin fetches one download may hold, so the origin fetches of a blob spread over the peers asking for it (no downlink carries two origin streams)' }),
+    origin_concurrency_per_task: s.integer({ min: 1, max: 10000, default: 4, description: 'concurrent origin fetches of one blob cluster-wide (each origin stream shares its peer\'s downlink with that peer\'s other downloads: several keep the origin link busy)' }),
     permit_timeout: s.duration({ default: '2m', min: 100, description: 'an origin permit not reported within this is given to another peer' }),
     blocklist_ttl: s.duration({ default: '10m', min: 100, description: 'how long a parent that served a corrupt piece (or failed too often) is avoided cluster-wide' }),
     failure_threshold: s.integer({ min: 1, max: 1000, default: 3, description: 'transport failures within failure_window that blocklist a parent' }),

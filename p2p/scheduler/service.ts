@@ -38,14 +38,17 @@ export interface SchedulerOptions {
   /** Concurrent origin fetches per piece cluster-wide (default 1). */
   originBudgetPerPiece?: number
   /**
-   * Concurrent origin fetches one download may hold (default 2), so that the first fetches of a
-   * blob are spread over the peers asking for it instead of all going to the first one: each then
-   * feeds the swarm with a share of the pieces.
+   * Concurrent origin fetches one download may hold (default 1), so that the origin fetches of a
+   * blob are spread over the peers asking for it: each then feeds the swarm with a share of the
+   * pieces, and no peer's downlink carries two origin streams beside its own downloads from
+   * parents (which slowed them: bench/p2p, docs/benchmarks.md).
    */
   originPermitsPerPeer?: number
   /**
-   * Concurrent origin fetches of one blob cluster-wide (default 2): fewer, faster origin streams
-   * deliver pieces closer to the order readers need them, instead of many slow ones in parallel.
+   * Concurrent origin fetches of one blob cluster-wide (default 4). Each origin stream shares its
+   * peer's downlink with that peer's downloads from parents, so one or two streams left the
+   * origin's uplink (the link every byte crosses once) 35-45 % idle; four on four peers keep it
+   * 85-96 % busy (bench/p2p, N = 4: 36.8 s -> 28-29 s).
    */
   originConcurrencyPerTask?: number
   /** Half-life of the recent-upload volume the evaluator balances (default 10 s). */
@@ -135,8 +138,8 @@ export class PeerSession {
 const DEFAULTS = {
   candidateParents: 3,
   originBudgetPerPiece: 1,
-  originPermitsPerPeer: 2,
-  originConcurrencyPerTask: 2,
+  originPermitsPerPeer: 1,
+  originConcurrencyPerTask: 4,
   uploadHalfLifeMs: 10_000,
   permitTimeoutMs: 120_000,
   blocklistTtlMs: 600_000,

@@ -99,8 +99,22 @@ describe('scheduler service: origin budget', () => {
     expect(b.last()[0]?.action).toBe('back-to-source')
   })
 
+  it('by default spreads origin fetches: one per download, four per blob', () => {
+    const { open } = setup()
+    const a = open('a')
+    a.s.requestPieces([0, 1])
+    expect(a.last().map(x => x.action)).toEqual(['back-to-source', 'wait'])
+    // pieces 1, 2, 3 (of 4) to three more downloads: the blob's fourth permit goes to the first
+    const others = ['b', 'c', 'd'].map((id) => open(id))
+    others.forEach((o, i) => { o.s.requestPieces([1 + i]) })
+    expect(others.map((o) => o.last()[0]?.action)).toEqual(['back-to-source', 'back-to-source', 'back-to-source'])
+    const e = open('e')
+    e.s.requestPieces([3])
+    expect(e.last()[0]?.action).toBe('wait')
+  })
+
   it('a closed stream releases its permits; an unreported permit expires', () => {
-    const { svc, open, clock } = setup({ permitTimeoutMs: 10_000 })
+    const { svc, open, clock } = setup({ permitTimeoutMs: 10_000, originConcurrencyPerTask: 2, originPermitsPerPeer: 2 })
     const a = open('a')
     const b = open('b')
     a.s.requestPieces([0, 1])
