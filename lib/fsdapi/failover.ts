@@ -10,8 +10,9 @@
  * holders are listed in a file next to the control socket (`<socket>.fuse-holders`, on /run:
  * holders live no longer than the boot), one line per mount: `pid TAB fd TAB hex(mountpoint)`.
  *
- * The next fsdaemon is started through {@link launchCommand}: a small Perl program (perl-base is
- * on every Debian system; Node cannot take a descriptor from another process) duplicates each
+ * The next fsdaemon is started through {@link launchCommand}: a small Perl program
+ * (lib/fsdapi/fsd-launcher.pl; perl-base is on every Debian system; Node cannot take a descriptor
+ * from another process; naiad-fsd.service's ExecStart runs it too) duplicates each
  * live holder's descriptor with pidfd_getfd(2) (Linux 5.6+), clears close-on-exec and execs the
  * fsdaemon with `--fuse-fd <fd>:<hex(mountpoint)>`. The fsdaemon then adopts the connection instead of
  * mounting again (no new INIT: node ids are the images' inode numbers, so they stay valid), and
@@ -21,6 +22,7 @@
  * containers of the image then see ENOTCONN).
  */
 import { existsSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 
 export interface FuseHolder {
   /** The holder process. */
@@ -61,39 +63,25 @@ export function parseFuseFds (values: readonly string[]): Map<string, number> {
   return out
 }
 
-/** x86_64 and aarch64 share the numbers of the pidfd calls. */
-const LAUNCHER = String.raw`
-use strict; use warnings; use Fcntl;
-$^F = 100000;
-my $file = shift @ARGV;
-my @cmd = @ARGV;
-my (@extra, @keep);
-if (open(my $in, '<', $file)) {
-  while (my $l = <$in>) {
-    chomp $l;
-    my ($pid, $fd, $hex) = split /\t/, $l;
-    next unless defined $hex && $pid =~ /^\d+$/ && $fd =~ /^\d+$/ && $hex =~ /^[0-9a-f]+$/;
-    my $pidfd = syscall(434, $pid + 0, 0);
-    next if $pidfd < 0;
-    my $nfd = syscall(438, $pidfd, $fd + 0, 0);
-    if (open(my $p, '<&=', $pidfd)) { close($p) }
-    next if $nfd < 0;
-    open(my $h, '+<&=', $nfd) or next;
-    my $flags = fcntl($h, F_GETFD, 0);
-    fcntl($h, F_SETFD, $flags & ~FD_CLOEXEC);
-    push @keep, $h;
-    push @extra, '--fuse-fd', "$nfd:$hex";
+/**
+ * The launcher (lib/fsdapi/fsd-launcher.pl; tsc does not copy it, so it is found next to the
+ * sources both from the sources and from dist/, and `naiad install` installs it with the suite).
+ */
+export function launcherScript (): string | undefined {
+  // sources: lib/fsdapi/failover.ts; compiled: dist/lib/fsdapi/failover.js
+  for (const up of ['./fsd-launcher.pl', '../../../lib/fsdapi/fsd-launcher.pl']) {
+    const p = fileURLToPath(new URL(up, import.meta.url))
+    if (existsSync(p)) return p
   }
-  close($in);
+  return undefined
 }
-exec { $cmd[0] } @cmd, @extra or die "naiad fsd launcher: exec $cmd[0]: $!\n";
-`
 
 /**
  * The command that starts the fsdaemon `cmd args` (listening on `socket`) so that it can adopt the
  * FUSE connections of a crashed predecessor; `cmd args` unchanged when perl is missing.
  */
 export function launchCommand (socket: string, cmd: string, args: readonly string[], perl = '/usr/bin/perl'): { cmd: string, args: string[] } {
-  if (!existsSync(perl)) return { cmd, args: [...args] }
-  return { cmd: perl, args: ['-e', LAUNCHER, holdersFile(socket), cmd, ...args] }
+  const script = launcherScript()
+  if (!existsSync(perl) || script === undefined) return { cmd, args: [...args] }
+  return { cmd: perl, args: [script, holdersFile(socket), cmd, ...args] }
 }

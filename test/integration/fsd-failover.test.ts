@@ -17,6 +17,7 @@ import { haveRegistry, startRegistry, type RunningRegistry } from '../helpers/re
 import { existsSync, mkdirSync, mkdtempSync, openSync, closeSync, copyFileSync, readFileSync, rmSync, statSync, writeFileSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
+import { fileURLToPath } from 'node:url'
 import { promisify } from 'node:util'
 import { afterAll, beforeAll, describe, expect, it } from 'vitest'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
@@ -85,6 +86,43 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     throw new Error(`the fsdaemon did not start: ${readFileSync(join(work, name, 'fsd.log'), 'utf8').slice(-2000)}`)
   }
 
+  /**
+   * Starts the node daemon with naiad-fsd.service's ExecStart, as systemd runs it: the repository's
+   * unit with the installed paths mapped to this checkout and the test's directories (the failover
+   * launcher execs naiad, so the pid systemd started is the daemon's).
+   */
+  async function startFromUnit (name: string): Promise<{ pid: number, sock: string }> {
+    const dir = join(work, name)
+    const sock = join(dir, 'fsd.sock')
+    mkdirSync(dir, { recursive: true })
+    writeFileSync(join(dir, 'fsd.toml'), `[log]\nlevel = "info"\n[socket]\npath = "${sock}"\n[state]\ndir = "${join(dir, 'state')}"\n[cache]\ndir = "${join(dir, 'cache')}"\n`)
+    const unit = readFileSync(new URL('../../systemd/naiad-fsd.service', import.meta.url), 'utf8')
+    const line = /^ExecStart=(.*)$/m.exec(unit)![1]!
+    const argv = line.split(' ').flatMap((w) => {
+      if (w === '/usr/local/bin/naiad') return [process.execPath, NAIAD_BIN]
+      if (w === '/etc/naiad/fsd.toml') return [join(dir, 'fsd.toml')]
+      if (w === holdersFile('/run/naiad/fsd.sock')) return [holdersFile(sock)]
+      if (w.startsWith('/usr/local/lib/naiad/')) return [fileURLToPath(new URL(`../../${w.slice('/usr/local/lib/naiad/'.length)}`, import.meta.url))]
+      return [w]
+    })
+    expect(argv.some((w) => w.startsWith('/usr/local') || w.startsWith('/etc/naiad') || w.startsWith('/run/naiad'))).toBe(false)
+    const log = openSync(join(dir, 'fsd.log'), 'a')
+    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', log, log] })
+    closeSync(log)
+    child.unref()
+    pids.push(child.pid!)
+    const client = new FsdClient({ socketPath: sock, timeoutMs: 2000 })
+    for (let i = 0; i < 200; i++) {
+      try {
+        const info = await client.daemon()
+        expect(info.pid).toBe(child.pid)
+        return { pid: info.pid, sock }
+      } catch {}
+      await sleep(50)
+    }
+    throw new Error(`the fsdaemon did not start: ${readFileSync(join(dir, 'fsd.log'), 'utf8').slice(-2000)}`)
+  }
+
   async function killAndWait (pid: number): Promise<void> {
     process.kill(pid, 'SIGKILL')
     for (let i = 0; i < 200 && alive(pid); i++) await sleep(20)
@@ -125,6 +163,27 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     for (let i = 0; i < 50 && alive(holder); i++) await sleep(20)
     expect(alive(holder)).toBe(false)
     expect(existsSync(holdersFile(d1.sock))).toBe(false)
+  }, 60_000)
+
+  it("naiad-fsd.service's ExecStart: after kill -9 the restarted unit adopts the connection (a reader waiting meanwhile gets the right bytes)", async () => {
+    const d1 = await startFromUnit('unit')
+    const mnt = join(work, 'unit', 'mnt')
+    const client = new FsdClient({ socketPath: d1.sock })
+    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    const dev = statSync(mnt).dev
+    const holder = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))[0]!.pid
+    pids.push(holder)
+    await killAndWait(d1.pid)
+    expect(alive(holder)).toBe(true) // KillMode=process: systemd signals only the daemon
+    const reading = sha(join(mnt, 'sync_io.rs'))
+    await sleep(300)
+    const d2 = await startFromUnit('unit') // Restart=always
+    expect(await reading).toBe(SHA['sync_io.rs'])
+    expect(statSync(mnt).dev).toBe(dev)
+    expect(readFileSync(join(work, 'unit', 'fsd.log'), 'utf8')).toContain('adopted the FUSE connection of the dead daemon')
+    process.kill(d2.pid, 'SIGTERM')
+    for (let i = 0; i < 200 && alive(d2.pid); i++) await sleep(25)
+    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
   }, 60_000)
 
   it('without the launcher the next daemon ends the old holder and mounts again', async () => {

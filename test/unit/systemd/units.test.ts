@@ -5,8 +5,10 @@
  * namespace (their FUSE mounts must reach containerd), /dev/fuse allowed, CAP_SYS_ADMIN kept,
  * ordering before containerd, shared runtime directory preserved, no MemoryDenyWriteExecute (V8).
  */
-import { readFileSync } from 'node:fs'
+import { existsSync, readFileSync } from 'node:fs'
+import { fileURLToPath } from 'node:url'
 import { describe, expect, it } from 'vitest'
+import { holdersFile } from '../../../lib/fsdapi/failover.ts'
 
 const root = new URL('../../../', import.meta.url)
 
@@ -44,7 +46,10 @@ describe('systemd units', () => {
     expect(one(u, 'Service', 'Type')).toBe('notify')
     expect(one(u, 'Service', 'NotifyAccess')).toBe('all')
     expect(one(u, 'Service', 'Restart')).toBe('always')
-    expect(one(u, 'Service', 'ExecStart')).toMatch(/^\/usr\/local\/bin\/naiad (snapshotter|fsd|peer|scheduler) --config \/etc\/naiad\/(snapshotter|fsd|peer|scheduler)\.toml$/)
+    // naiad-fsd.service starts through the failover launcher (it execs naiad: same pid)
+    const launcher = name === 'naiad-fsd.service' ? '/usr/bin/perl /usr/local/lib/naiad/lib/fsdapi/fsd-launcher.pl /run/naiad/fsd.sock.fuse-holders ' : ''
+    const daemon = name.replace(/^naiad-/, '').replace(/\.service$/, '')
+    expect(one(u, 'Service', 'ExecStart')).toBe(`${launcher}/usr/local/bin/naiad ${daemon} --config /etc/naiad/${daemon}.toml`)
     expect(Number(one(u, 'Service', 'LimitNOFILE'))).toBeGreaterThanOrEqual(65536)
     expect(u['Service']?.['MemoryDenyWriteExecute']).toBeUndefined()
     expect(one(u, 'Install', 'WantedBy')).toBe('multi-user.target')
@@ -65,6 +70,15 @@ describe('systemd units', () => {
     expect(one(unit('naiad-snapshotter.service'), 'Service', 'KillMode')).toBe('process')
     // the units sharing /run/naiad must not remove it when one of them stops
     for (const n of ['naiad-snapshotter.service', 'naiad-fsd.service', 'naiad-peer.service']) expect(one(unit(n), 'Service', 'RuntimeDirectoryPreserve')).toBe('yes')
+  })
+
+  it("naiad-fsd.service: the FUSE connections' holders outlive a crash (KillMode=process) and the launcher it starts through exists", () => {
+    expect(one(unit('naiad-fsd.service'), 'Service', 'KillMode')).toBe('process')
+    const [perl, script, holders] = one(unit('naiad-fsd.service'), 'Service', 'ExecStart').split(' ')
+    expect(perl).toBe('/usr/bin/perl')
+    // the installed copy of the repository's lib/fsdapi/fsd-launcher.pl, for the default [socket] path
+    expect(existsSync(fileURLToPath(new URL(`../../../${script!.replace('/usr/local/lib/naiad/', '')}`, import.meta.url)))).toBe(true)
+    expect(holders).toBe(holdersFile('/run/naiad/fsd.sock'))
   })
 
   it('the peer and the scheduler wait for the network and are sandboxed without capabilities', () => {
