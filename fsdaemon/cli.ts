@@ -4,7 +4,7 @@
  */
 import { Option, type Command } from 'commander'
 import { FsdClient } from '../lib/fsdapi/index.ts'
-import { isNaiadError, toExitCode } from '../lib/errors/index.ts'
+import { NaiadError, isNaiadError, toExitCode } from '../lib/errors/index.ts'
 import type { FsdCliOptions } from './main.ts'
 
 export interface Io {
@@ -98,6 +98,28 @@ export function registerFsdCommands (program: Command, io: Io, setExit: (code: n
       try {
         io.stdout.write(JSON.stringify(await new FsdClient({ socketPath: o.socket }).blobs(), null, 2) + '\n')
         setExit(0)
+      } catch (err) { setExit(printError(io, err)) }
+    })
+  sock(ctl.command('handover'))
+    .description('upgrade the fsdaemon without unmounting: the running daemon exits leaving every mount to its FUSE holder, and the new one its supervisor starts (the snapshotter\'s watchdog, or systemd for naiad-fsd.service) adopts them; running containers\' reads wait meanwhile')
+    .option('--timeout <seconds>', 'how long to wait for the new daemon', '60')
+    .action(async (o: { socket: string, timeout: string }) => {
+      try {
+        const client = new FsdClient({ socketPath: o.socket, timeoutMs: 2000 })
+        const old = await client.daemon()
+        if (old.failover !== true) throw new NaiadError('NAIAD_FS_NO_HANDOVER', `the fsdaemon on ${o.socket} (pid ${old.pid}) keeps no FUSE holders (a standalone mount, or a version without handover): a handover would break its mounts`)
+        process.kill(old.pid, 'SIGUSR2')
+        const deadline = Date.now() + Number(o.timeout) * 1000
+        for (;;) {
+          const now = await client.daemon().catch(() => undefined)
+          if (now !== undefined && now.pid !== old.pid) {
+            io.stdout.write(`handed over: pid ${old.pid} (${old.version}) -> pid ${now.pid} (${now.version}), ${now.mounts} mount(s)\n`)
+            setExit(0)
+            return
+          }
+          if (Date.now() > deadline) throw new NaiadError('NAIAD_FS_HANDOVER_TIMEOUT', `no new fsdaemon answered on ${o.socket} within ${o.timeout} s after pid ${old.pid} ${now !== undefined ? 'was asked to hand over (it still runs)' : 'handed over'}: is it supervised (the snapshotter with [fsdaemon] start = true, or naiad-fsd.service)?`)
+          await new Promise((resolve) => setTimeout(resolve, 200))
+        }
       } catch (err) { setExit(printError(io, err)) }
     })
   sock(ctl.command('rm-blob'))

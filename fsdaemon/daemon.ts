@@ -380,7 +380,8 @@ export class FsDaemon {
       mounts: this.mounts.size,
       cacheDir: this.cfg.cache.dir,
       cacheBytes: await this.refreshUsage(),
-      cacheQuota: this.cfg.cache.quota
+      cacheQuota: this.cfg.cache.quota,
+      failover: this.failover.holdersFile !== undefined
     }
   }
 

@@ -104,6 +104,27 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
   const onSignal = (sig: string): void => { stop(sig).then(done, done) }
   process.once('SIGINT', () => { onSignal('SIGINT') })
   process.once('SIGTERM', () => { onSignal('SIGTERM') })
+  // Handover (upgrades, `naiad fsctl handover`): exit without unmounting. Every mount's FUSE
+  // connection stays with its holder, the kernel queues the mounts' requests, and the next daemon
+  // (the snapshotter's watchdog or systemd starts it through the failover launcher, from the
+  // files on disk: the new version) adopts them; what this one had read but not answered is
+  // resent. Like a crash, with the cache's chunk maps flushed first.
+  process.on('SIGUSR2', () => {
+    if (standalone) {
+      log.warn({ signal: 'SIGUSR2' }, 'handover ignored: a standalone mount has no FUSE holder, it would break')
+      return
+    }
+    if (stopping !== undefined) return
+    stopping = (async () => {
+      log.info({ signal: 'SIGUSR2', mounts: (await daemon.list()).length }, 'handing over: leaving every mount to its FUSE holder for the next daemon (not unmounting)')
+      await control?.close()
+      await daemon.close({ unmount: false })
+      log.info('handed over; ending the process')
+    })()
+    // As a crash would: the FUSE reader threads are blocked in read(2) on /dev/fuse, which only an
+    // unmount ends, and process.exit() waits for every thread (it would hang here).
+    stopping.finally(() => { process.kill(process.pid, 'SIGKILL') }).catch(() => {})
+  })
   try {
     await daemon.start()
     await control?.start()

@@ -71,6 +71,8 @@ export const CODES = {
   NAIAD_FS_BLOB_NOT_FOUND: { kind: 'NotFound', summary: 'a local blob directory has no file for the blob', hint: 'blob files are named by blob id (64 hex characters) in --blob-dir' },
   NAIAD_FS_BLOB_IN_USE: { kind: 'FailedPrecondition', summary: 'a blob\'s cache cannot be removed while a mount uses it', hint: 'unmount the images that use the blob first (`naiad fsd ls` lists them); the snapshotter releases caches when their images are removed' },
   NAIAD_FS_CACHE_LOCKED: { kind: 'FailedPrecondition', summary: 'the cache directory is in use by another daemon', hint: 'run one fsdaemon per cache dir; the message names the process holding it' },
+  NAIAD_FS_NO_HANDOVER: { kind: 'FailedPrecondition', summary: 'the fsdaemon cannot hand its mounts over', hint: 'only the node daemon (control socket, FUSE holders: started by the snapshotter or naiad-fsd.service) hands over; a standalone --mountpoint daemon would break its mount' },
+  NAIAD_FS_HANDOVER_TIMEOUT: { kind: 'DeadlineExceeded', summary: 'no new fsdaemon answered after a handover', hint: 'the mounts wait for one: start it through its supervisor (the snapshotter starts it at the next prepare, systemd for naiad-fsd.service) or restart the snapshotter; its log says why it did not start' },
 
   // p2p (peer, scheduler, preheat)
   NAIAD_P2P_BAD_REQUEST: { kind: 'InvalidArgument', summary: 'a request to the p2p mirror is not a content-addressed blob request or has a bad header', hint: 'the mirror serves GET/HEAD /v2/<repo>/blobs/<digest> with X-Naiad-Origin; manifests and tokens go to the registry directly' },

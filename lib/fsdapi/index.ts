@@ -89,6 +89,11 @@ export interface DaemonInfo {
   cacheDir: string
   cacheBytes: number
   cacheQuota: number
+  /**
+   * True when every mount's FUSE connection is kept by a holder (the node daemon): a crash or a
+   * handover (SIGUSR2, `naiad fsctl handover`) leaves the mounts to the next daemon.
+   */
+  failover?: boolean
 }
 
 export interface FsdClientOptions {

@@ -186,6 +186,39 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
   }, 60_000)
 
+  it('handover (`naiad fsctl handover`, SIGUSR2): the daemon exits without unmounting and the next one adopts the mount', async () => {
+    const d1 = await startDaemon('handover')
+    const mnt = join(work, 'handover', 'mnt')
+    const client = new FsdClient({ socketPath: d1.sock })
+    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    expect(await sha(join(mnt, 'lib.rs'))).toBe(SHA['lib.rs'])
+    expect((await client.daemon()).failover).toBe(true)
+    const dev = statSync(mnt).dev
+    const holder = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))[0]!.pid
+    pids.push(holder)
+    const out: string[] = []
+    const sink = new Writable({ write (c, _e, cb) { out.push(String(c)); cb() } })
+    const handing = run(['fsctl', 'handover', '--socket', d1.sock, '--timeout', '30'], { stdout: sink, stderr: sink })
+    for (let i = 0; i < 200 && alive(d1.pid); i++) await sleep(25)
+    expect(alive(d1.pid)).toBe(false)
+    // still mounted, kept by its holder; a reader waits for the next daemon
+    expect(readFileSync('/proc/self/mounts', 'utf8')).toContain(` ${mnt} `)
+    expect(alive(holder)).toBe(true)
+    const reading = sha(join(mnt, 'sync_io.rs'))
+    const d2 = await startDaemon('handover') // what the snapshotter's watchdog or systemd does
+    expect(await handing).toBe(0)
+    expect(out.join('')).toContain(`handed over: pid ${d1.pid}`)
+    expect(out.join('')).toContain(`-> pid ${d2.pid}`)
+    expect(await reading).toBe(SHA['sync_io.rs'])
+    expect(statSync(mnt).dev).toBe(dev)
+    const log = readFileSync(join(work, 'handover', 'fsd.log'), 'utf8')
+    expect(log).toContain('handing over: leaving every mount to its FUSE holder')
+    expect(log).toContain('adopted the FUSE connection of the dead daemon')
+    process.kill(d2.pid, 'SIGTERM')
+    for (let i = 0; i < 200 && alive(d2.pid); i++) await sleep(25)
+    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
+  }, 60_000)
+
   it('without the launcher the next daemon ends the old holder and mounts again', async () => {
     const d1 = await startDaemon('plain')
     const mnt = join(work, 'plain', 'mnt')
