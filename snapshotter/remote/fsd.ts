@@ -112,7 +112,7 @@ export class FsdRemoteFilesystem implements RemoteFilesystem {
     this.#watchdog = setInterval(() => {
       const pid = this.#lastPid
       if (pid === undefined || pidAlive(pid) || this.#starting !== undefined || this.#closed !== undefined) return
-      this.#log.warn({ pid }, 'the fsdaemon died; starting a new one, which adopts the FUSE connections of running containers')
+      this.#log.warn({ pid }, 'the fsdaemon died (or handed over); starting a new one, which adopts the FUSE connections of running containers')
       this.#lastPid = undefined
       this.ensure().catch((err: unknown) => { this.#log.error({ err }, 'restarting the fsdaemon failed; the next prepare tries again') })
     }, 1000)
