@@ -266,7 +266,7 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
     expect(status.image?.repoTags).toContain(ref)
   }, 60_000)
 
-  it('kill -9 of the snapshotter while a container reads: it goes on; kill -9 of the fsdaemon: the running container goes on too (failover), and new containers work', async () => {
+  it('kill -9 of the snapshotter while a container reads: it goes on; kill -9 of the fsdaemon: the running container goes on too (failover), and new containers work; so does a handover (upgrade)', async () => {
     const id = `lazy-long-${process.pid}`
     const pid = process.pid
     await ctd!.ctr(NS, ['run', '-d', '--snapshotter', 'nydus', nydusRef, id, '/bin/busybox', 'sleep', '600'])
@@ -311,6 +311,16 @@ describe.skipIf(!ready)('lazy end to end: naiad pull / CRI PullImage + ctr run o
       expect(await ctd!.ctr(NS, ['run', '--rm', '--snapshotter', 'nydus', nydusRef, `after-fsd-kill-${pid}`, '/bin/busybox', 'sha256sum', '/data/big.bin'])).toMatch(new RegExp(`^${bigSha} `))
       const again = (await new FsdClient({ socketPath: join(base, 'fsd.sock') }).daemon()).pid
       expect(again).not.toBe(fsdPid)
+
+      // an upgrade without unmounting: `naiad fsctl handover`; the snapshotter's watchdog starts
+      // the next fsdaemon, which adopts the mount; the running container reads on
+      const h = await naiad(['fsctl', 'handover', '--socket', join(base, 'fsd.sock'), '--timeout', '30'])
+      expect(h.stderr).toBe('')
+      expect(h.code).toBe(0)
+      expect(h.stdout).toMatch(new RegExp(`^handed over: pid ${again} \\(\\S+\\) -> pid \\d+ \\(\\S+\\), \\d+ mount\\(s\\)$`, 'm'))
+      const err2 = await ctd!.ctr(NS, ['tasks', 'exec', '--exec-id', `read5-${pid}`, id, '/bin/busybox', 'ls', `/data/not-looked-up-2-${pid}`]).then(() => undefined, (e: Error) => e)
+      expect(String(err2?.message)).toMatch(/No such file or directory/)
+      expect(await ctd!.ctr(NS, ['tasks', 'exec', '--exec-id', `read6-${pid}`, id, '/bin/busybox', 'sha256sum', '/data/big.bin'])).toMatch(new RegExp(`^${bigSha} `))
     } finally {
       await ctd!.ctr(NS, ['tasks', 'kill', '-s', 'SIGKILL', id]).catch(() => '')
       for (let i = 0; i < 100; i++) {
