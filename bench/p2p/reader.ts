@@ -59,10 +59,11 @@ let errors = 0
 let requests = 0
 const whole = random ? Buffer.allocUnsafe(size) : undefined
 const hash = createHash('sha256')
-const done = new Map<number, Buffer>()
+const done = new Map<number, Buffer[]>()
 let nextToHash = 0
 
-async function fetchRange ([first, last]: [number, number]): Promise<Buffer> {
+/** A range's body as the chunks it arrived in (no copy into one buffer: they are hashed in order). */
+async function fetchRange ([first, last]: [number, number]): Promise<Buffer[]> {
   for (let attempt = 0; ; attempt++) {
     requests++
     try {
@@ -72,13 +73,15 @@ async function fetchRange ([first, last]: [number, number]): Promise<Buffer> {
         throw new Error(`HTTP ${res.statusCode} for bytes ${first}-${last}: ${body.slice(0, 200)}`)
       }
       const parts: Buffer[] = []
-      for await (const c of res.body as AsyncIterable<Buffer>) {
-        firstByteMs ??= performance.now() - started
-        parts.push(c)
-      }
-      const buf = Buffer.concat(parts)
-      if (buf.length !== last - first + 1) throw new Error(`short body for bytes ${first}-${last}: ${buf.length}`)
-      return buf
+      let got = 0
+      // 'data' events, not an async iterator: one promise per range instead of one per chunk
+      await new Promise<void>((resolve, reject) => {
+        res.body.on('data', (c: Buffer) => { firstByteMs ??= performance.now() - started; parts.push(c); got += c.length })
+        res.body.once('end', resolve)
+        res.body.once('error', reject)
+      })
+      if (got !== last - first + 1) throw new Error(`short body for bytes ${first}-${last}: ${got}`)
+      return parts
     } catch (err) {
       errors++
       if (attempt >= retries) throw err
@@ -92,15 +95,16 @@ async function worker (): Promise<void> {
   while (next < ranges.length && failure === undefined) {
     const r = ranges[next++] as [number, number]
     try {
-      const buf = await fetchRange(r)
-      if (whole !== undefined) buf.copy(whole, r[0])
-      else {
-        done.set(r[0], buf)
+      const parts = await fetchRange(r)
+      if (whole !== undefined) {
+        let at = r[0]
+        for (const p of parts) { p.copy(whole, at); at += p.length }
+      } else {
+        done.set(r[0], parts)
         while (done.has(nextToHash)) {
-          const b = done.get(nextToHash) as Buffer
+          const ps = done.get(nextToHash) as Buffer[]
           done.delete(nextToHash)
-          hash.update(b)
-          nextToHash += b.length
+          for (const p of ps) { hash.update(p); nextToHash += p.length }
         }
       }
     } catch (err) {
