@@ -69,8 +69,13 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     mkdirSync(join(work, name), { recursive: true })
     const argv = [NAIAD_BIN, 'fsd', '--socket', sock, '--cache-dir', join(work, name, 'cache'), '--state-dir', join(work, name, 'state'), '--log-level', 'info']
     const l = launcher ? launchCommand(sock, process.execPath, argv) : { cmd: process.execPath, args: argv }
-    const log = openSync(join(work, name, 'fsd.log'), 'a')
-    const child = spawn(l.cmd, l.args, { detached: true, stdio: ['ignore', log, log] })
+    return await spawnDaemon(join(work, name), sock, l.cmd, l.args)
+  }
+
+  /** Spawns `cmd args` detached (log in dir/fsd.log) and waits until it answers on `sock` as that pid. */
+  async function spawnDaemon (dir: string, sock: string, cmd: string, args: string[]): Promise<{ pid: number, sock: string }> {
+    const log = openSync(join(dir, 'fsd.log'), 'a')
+    const child = spawn(cmd, args, { detached: true, stdio: ['ignore', log, log] })
     closeSync(log)
     child.unref()
     pids.push(child.pid!)
@@ -83,7 +88,7 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
       } catch {}
       await sleep(50)
     }
-    throw new Error(`the fsdaemon did not start: ${readFileSync(join(work, name, 'fsd.log'), 'utf8').slice(-2000)}`)
+    throw new Error(`the fsdaemon did not start: ${readFileSync(join(dir, 'fsd.log'), 'utf8').slice(-2000)}`)
   }
 
   /**
@@ -106,21 +111,7 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
       return [w]
     })
     expect(argv.some((w) => w.startsWith('/usr/local') || w.startsWith('/etc/naiad') || w.startsWith('/run/naiad'))).toBe(false)
-    const log = openSync(join(dir, 'fsd.log'), 'a')
-    const child = spawn(argv[0]!, argv.slice(1), { detached: true, stdio: ['ignore', log, log] })
-    closeSync(log)
-    child.unref()
-    pids.push(child.pid!)
-    const client = new FsdClient({ socketPath: sock, timeoutMs: 2000 })
-    for (let i = 0; i < 200; i++) {
-      try {
-        const info = await client.daemon()
-        expect(info.pid).toBe(child.pid)
-        return { pid: info.pid, sock }
-      } catch {}
-      await sleep(50)
-    }
-    throw new Error(`the fsdaemon did not start: ${readFileSync(join(dir, 'fsd.log'), 'utf8').slice(-2000)}`)
+    return await spawnDaemon(dir, sock, argv[0]!, argv.slice(1))
   }
 
   async function killAndWait (pid: number): Promise<void> {
