@@ -108,7 +108,9 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
   // connection stays with its holder, the kernel queues the mounts' requests, and the next daemon
   // (the snapshotter's watchdog or systemd starts it through the failover launcher, from the
   // files on disk: the new version) adopts them; what this one had read but not answered is
-  // resent. Like a crash, with the cache's chunk maps flushed first.
+  // resent. Exactly a crash, with the cache's chunk maps flushed first. Nothing else is closed
+  // first: with the control socket gone and this process still alive, a supervisor could start
+  // the next daemon, which would leave the mounts to this live one, about to end.
   process.on('SIGUSR2', () => {
     if (standalone) {
       log.warn({ signal: 'SIGUSR2' }, 'handover ignored: a standalone mount has no FUSE holder, it would break')
@@ -117,8 +119,7 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
     if (stopping !== undefined) return
     stopping = (async () => {
       log.info({ signal: 'SIGUSR2', mounts: (await daemon.list()).length }, 'handing over: leaving every mount to its FUSE holder for the next daemon (not unmounting)')
-      await control?.close()
-      await daemon.close({ unmount: false })
+      await Promise.race([cache.flush(), new Promise((resolve) => setTimeout(resolve, 5000))])
       log.info('handed over; ending the process')
     })()
     // As a crash would: the FUSE reader threads are blocked in read(2) on /dev/fuse, which only an

@@ -308,6 +308,11 @@ export class CacheManager {
     return out
   }
 
+  /** Flushes the ready bits of every open cache; they stay open (a handover ends the process next). */
+  async flush (): Promise<void> {
+    await Promise.all([...this.entries.values()].map(async e => { await e.cache.flush() }))
+  }
+
   /** Flushes and closes every open cache (leases become unusable), releases the lock. Safe twice. */
   async close (): Promise<void> {
     this.closing ??= (async () => {
