@@ -114,6 +114,23 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     return await spawnDaemon(dir, sock, argv[0]!, argv.slice(1))
   }
 
+  /** Mounts the Nydus fixture at work/<name>/mnt through daemon `d`; the holder is killed at the end. */
+  async function mountFixture (name: string, d: { sock: string }): Promise<{ mnt: string, client: FsdClient, holder: number }> {
+    const mnt = join(work, name, 'mnt')
+    const client = new FsdClient({ socketPath: d.sock })
+    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    const holder = parseHolders(readFileSync(holdersFile(d.sock), 'utf8'))[0]!.pid
+    pids.push(holder)
+    return { mnt, client, holder }
+  }
+
+  /** SIGTERM: a clean stop, which unmounts. */
+  async function stopCleanly (pid: number, mnt: string): Promise<void> {
+    process.kill(pid, 'SIGTERM')
+    for (let i = 0; i < 200 && alive(pid); i++) await sleep(25)
+    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
+  }
+
   async function killAndWait (pid: number): Promise<void> {
     process.kill(pid, 'SIGKILL')
     for (let i = 0; i < 200 && alive(pid); i++) await sleep(20)
@@ -158,12 +175,8 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
 
   it("naiad-fsd.service's ExecStart: after kill -9 the restarted unit adopts the connection (a reader waiting meanwhile gets the right bytes)", async () => {
     const d1 = await startFromUnit('unit')
-    const mnt = join(work, 'unit', 'mnt')
-    const client = new FsdClient({ socketPath: d1.sock })
-    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    const { mnt, holder } = await mountFixture('unit', d1)
     const dev = statSync(mnt).dev
-    const holder = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))[0]!.pid
-    pids.push(holder)
     await killAndWait(d1.pid)
     expect(alive(holder)).toBe(true) // KillMode=process: systemd signals only the daemon
     const reading = sha(join(mnt, 'sync_io.rs'))
@@ -172,21 +185,15 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     expect(await reading).toBe(SHA['sync_io.rs'])
     expect(statSync(mnt).dev).toBe(dev)
     expect(readFileSync(join(work, 'unit', 'fsd.log'), 'utf8')).toContain('adopted the FUSE connection of the dead daemon')
-    process.kill(d2.pid, 'SIGTERM')
-    for (let i = 0; i < 200 && alive(d2.pid); i++) await sleep(25)
-    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
+    await stopCleanly(d2.pid, mnt)
   }, 60_000)
 
   it('handover (`naiad fsctl handover`, SIGUSR2): the daemon exits without unmounting and the next one adopts the mount', async () => {
     const d1 = await startDaemon('handover')
-    const mnt = join(work, 'handover', 'mnt')
-    const client = new FsdClient({ socketPath: d1.sock })
-    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
+    const { mnt, client, holder } = await mountFixture('handover', d1)
     expect(await sha(join(mnt, 'lib.rs'))).toBe(SHA['lib.rs'])
     expect((await client.daemon()).failover).toBe(true)
     const dev = statSync(mnt).dev
-    const holder = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))[0]!.pid
-    pids.push(holder)
     const out: string[] = []
     const sink = new Writable({ write (c, _e, cb) { out.push(String(c)); cb() } })
     const handing = run(['fsctl', 'handover', '--socket', d1.sock, '--timeout', '30'], { stdout: sink, stderr: sink })
@@ -205,18 +212,12 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     const log = readFileSync(join(work, 'handover', 'fsd.log'), 'utf8')
     expect(log).toContain('handing over: leaving every mount to its FUSE holder')
     expect(log).toContain('adopted the FUSE connection of the dead daemon')
-    process.kill(d2.pid, 'SIGTERM')
-    for (let i = 0; i < 200 && alive(d2.pid); i++) await sleep(25)
-    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(` ${mnt} `)
+    await stopCleanly(d2.pid, mnt)
   }, 60_000)
 
   it('without the launcher the next daemon ends the old holder and mounts again', async () => {
     const d1 = await startDaemon('plain')
-    const mnt = join(work, 'plain', 'mnt')
-    const client = new FsdClient({ socketPath: d1.sock })
-    await client.mount({ mountpoint: mnt, bootstrap: join(FIXTURES, 'rafs-v6-2.2.boot'), blobDir: join(work, 'blobs') })
-    const holder = parseHolders(readFileSync(holdersFile(d1.sock), 'utf8'))[0]!.pid
-    pids.push(holder)
+    const { mnt, holder } = await mountFixture('plain', d1)
     await killAndWait(d1.pid)
     const d2 = await startDaemon('plain', false)
     expect(alive(holder)).toBe(false)
