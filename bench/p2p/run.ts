@@ -192,8 +192,7 @@ async function runOne (n: number): Promise<Row> {
       if (samples.length > 1) {
         // per 5 s window: the origin link's use (share of its rate) and the peers' mean download rate
         const line: string[] = []
-        const first = samples[0]!
-        let prev = first
+        let prev = samples[0]!
         for (const smp of samples) {
           if (smp.t - prev.t < 5 && smp !== samples.at(-1)) continue
           const dt = smp.t - prev.t

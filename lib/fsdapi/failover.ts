@@ -78,7 +78,8 @@ export function launcherScript (): string | undefined {
 
 /**
  * The command that starts the fsdaemon `cmd args` (listening on `socket`) so that it can adopt the
- * FUSE connections of a crashed predecessor; `cmd args` unchanged when perl is missing.
+ * FUSE connections of a crashed predecessor; `cmd args` unchanged when perl or the launcher file
+ * is missing.
  */
 export function launchCommand (socket: string, cmd: string, args: readonly string[], perl = '/usr/bin/perl'): { cmd: string, args: string[] } {
   const script = launcherScript()

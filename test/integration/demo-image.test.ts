@@ -6,13 +6,14 @@
  * first output, report, and leave no mount, process or network namespace behind. Bad arguments get a usage line.
  */
 import { execFile } from 'node:child_process'
-import { chmodSync, copyFileSync, existsSync, mkdirSync, mkdtempSync, readFileSync, rmSync, symlinkSync } from 'node:fs'
+import { chmodSync, copyFileSync, mkdirSync, mkdtempSync, rmSync, symlinkSync } from 'node:fs'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { promisify } from 'node:util'
 import { afterAll, describe, expect, it } from 'vitest'
 import { buildImage, pushImage } from '../helpers/images.ts'
 import { startRegistry, type RunningRegistry } from '../helpers/registry.ts'
+import { expectDemoLeftNothing } from '../helpers/demo.ts'
 
 const exec = promisify(execFile)
 const DEMO = new URL('../../dist/scripts/demo.js', import.meta.url).pathname
@@ -54,14 +55,8 @@ describe('npm run demo -- --image REF', () => {
     expect(stdout).toContain('demo OK: the lazy containers printed what the normal one printed')
     // the normal pull is counted: it downloads the whole image (busybox, ~1 MiB) from the local registry
     expect(stdout).toMatch(/\| node a, ctr images pull \+ run \(overlayfs\) \| full download \| [^|]+\| [1-9]\d*\.\d MiB \|/)
-    // this demo's work dir (the plain demo test runs beside this one with its own) is gone, with
-    // every mount and process under it
-    const demoWork = /work dir (\/\S+)/.exec(stdout)?.[1] ?? ''
-    expect(demoWork).toMatch(/naiad-demo-/)
-    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(demoWork)
-    expect(existsSync(demoWork)).toBe(false)
-    const ps = (await exec('ps', ['-eo', 'args'])).stdout
-    expect(ps).not.toContain(demoWork)
+    // the plain demo test runs beside this one with its own work dir
+    await expectDemoLeftNothing(stdout)
     // no namespace left by the demo (the p2p tests' labs, nd<pid>…, come and go in parallel)
     const names = (t: string): string[] => t.split('\n').map((l) => l.split(' ')[0]!).filter((n) => n !== '' && !/^nd\d/.test(n))
     const before = new Set(names(netnsBefore))

@@ -5,19 +5,12 @@
  * on both nodes, reports success, and leaves no mount or process behind.
  */
 import { execFile } from 'node:child_process'
-import { existsSync, readFileSync } from 'node:fs'
 import { promisify } from 'node:util'
 import { describe, expect, it } from 'vitest'
+import { expectDemoLeftNothing } from '../helpers/demo.ts'
 
 const exec = promisify(execFile)
 const DEMO = new URL('../../dist/scripts/demo.js', import.meta.url).pathname
-
-/** The demo's own work dir, from its first line (demo --image runs beside this test with its own). */
-function workDirOf (stdout: string): string {
-  const m = /work dir (\/\S+)/.exec(stdout)
-  expect(m).not.toBeNull()
-  return m![1]!
-}
 
 describe('npm run demo', () => {
   it('runs the main job end to end and cleans up', { timeout: 600_000 }, async () => {
@@ -27,12 +20,7 @@ describe('npm run demo', () => {
     expect(stdout).toContain('demo OK')
     // node b got its bytes from peer a, not from the registry
     expect(stdout).toMatch(/\| node b, naiad pull \+ run \(nydus\) \| [^|]+\| [^|]+\| 0\.\d MiB \|/)
-    const work = workDirOf(stdout)
-    expect(work).toMatch(/naiad-demo-/)
-    expect(readFileSync('/proc/self/mounts', 'utf8')).not.toContain(work)
-    expect(existsSync(work)).toBe(false)
-    // no process of this demo left (containerd, shims, daemons: their arguments name the work dir)
-    const ps = (await exec('ps', ['-eo', 'args'])).stdout
-    expect(ps).not.toContain(work)
+    // demo --image runs beside this test with its own work dir
+    await expectDemoLeftNothing(stdout)
   })
 })
