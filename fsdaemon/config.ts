@@ -44,7 +44,8 @@ export const fsdConfigSchema = s.object({
     readers: s.integer({ default: 2, min: 1, max: 16, description: 'concurrent reads of /dev/fuse per mount' }),
     max_read: s.size({ default: '1MiB', min: 4096, max: 1048576, description: 'largest READ the kernel sends (bytes)' }),
     cache_timeout: s.duration({ default: '8760h', description: 'how long the kernel may cache entries and attributes (images are immutable)' }),
-    allow_other: s.boolean({ default: true, description: 'let users other than root use the mount (containers need it)' })
+    allow_other: s.boolean({ default: true, description: 'let users other than root use the mount (containers need it)' }),
+    passthrough: s.boolean({ default: true, description: 'hand files whose chunks are all cached to the kernel (FUSE passthrough onto a private kernel EROFS mount of the image over the cache files; Linux 6.12+ and the native addon, else ignored): their reads and mmaps no longer reach the daemon' })
   }, { description: 'FUSE' }),
   metrics: s.object({
     enable: s.boolean({ default: true, description: 'serve Prometheus metrics at GET /metrics on the control socket' })

@@ -20,9 +20,12 @@ import type { ImageStore } from '../lib/registry/store.ts'
 import { parseReference, type RegistryReference } from '../lib/oci/reference.ts'
 import { writeFile, rename, rm } from 'node:fs/promises'
 import { closeSync } from 'node:fs'
+import { createHash } from 'node:crypto'
+import { join } from 'node:path'
 import { formatHolders } from '../lib/fsdapi/failover.ts'
 import { FuseSession, unmountFuse, type FuseAdoption } from './fuse/session.ts'
 import { RafsFilesystem } from './fs/rafs.ts'
+import { KernelView, detach } from './fs/kernel-view.ts'
 import { SourceChain } from './fetch/source-chain.ts'
 import { RegistryRangeSource } from './fetch/registry-source.ts'
 import { MirrorRangeSource } from './fetch/mirror-source.ts'
@@ -48,6 +51,8 @@ interface Mount {
   caches: Map<BlobInfo, BlobCacheLease>
   store: ImageStore | undefined
   prefetch: Prefetcher | undefined
+  /** The kernel's EROFS view of the image, for passthrough (undefined: off). */
+  view: KernelView | undefined
   log: Logger
 }
 
@@ -86,6 +91,7 @@ export class FsDaemon {
     } catch (err) {
       this.deps.log.warn({ err }, 'ignoring unreadable state file')
     }
+    await this.sweepKernelViews()
     const live = await naiadMounts()
     const adopted = new Set<string>()
     for (const r of records) {
@@ -189,6 +195,7 @@ export class FsDaemon {
     const sources: RangeSource[] = []
     const caches = new Map<BlobInfo, BlobCacheLease>()
     let chain: SourceChain | undefined
+    let view: KernelView | undefined
     let credentials: MountCredentials | undefined
     try {
       if (adopt === undefined && await isStaleMount(mp)) {
@@ -239,7 +246,15 @@ export class FsDaemon {
         if (lease === undefined) throw new NaiadError('NAIAD_FMT_CORRUPT', `chunk of blob ${b.blobId}, which is not in the image's blob table`)
         return lease.cache
       }
-      const fs = new RafsFilesystem({ bootstrap, cacheFor, fetcher: chain, log: log.child({ component: 'fs' }) }, { amplifyBytes: this.cfg.fetch.amplify, readaheadBytes: this.cfg.fetch.readahead })
+      // kernel passthrough of wholly cached files (docs/decisions/0005-kernel-passthrough.md)
+      const key = createHash('sha256').update(mp).digest('hex').slice(0, 16)
+      const kdir = join(this.cfg.state.dir, 'kernel')
+      const devices = bootstrap.blobs.map(b => cacheFor(b).dataPath)
+      if (this.cfg.fuse.passthrough && devices.every(d => d !== undefined)) {
+        await mkdir(kdir, { recursive: true, mode: 0o700 })
+        view = new KernelView({ bootstrap: bootstrap.buffer, devices: devices as string[], log: log.child({ component: 'kernel-view' }) }, { mountpoint: join(kdir, key), bootstrapFile: join(kdir, `${key}.boot`) })
+      }
+      const fs = new RafsFilesystem({ bootstrap, cacheFor, fetcher: chain, log: log.child({ component: 'fs' }), ...(view !== undefined ? { backing: view } : {}) }, { amplifyBytes: this.cfg.fetch.amplify, readaheadBytes: this.cfg.fetch.readahead })
       const session = new FuseSession({ fs, log: log.child({ component: 'fuse' }) }, {
         mountpoint: mp,
         fsname: req.image ?? 'naiad',
@@ -247,7 +262,9 @@ export class FsDaemon {
         allowOther: this.cfg.fuse.allow_other,
         readers: this.cfg.fuse.readers,
         maxRead: this.cfg.fuse.max_read,
-        holder: this.failover.holdersFile !== undefined
+        holder: this.failover.holdersFile !== undefined,
+        passthrough: view !== undefined,
+        ...(this.failover.holdersFile !== undefined ? { modeLog: join(kdir, `${key}.modes`) } : {})
       })
       try {
         if (adopt !== undefined) await session.adopt(adopt.fd, adopt.adoption)
@@ -267,7 +284,7 @@ export class FsDaemon {
         })
         prefetch.start()
       }
-      const m: Mount = { request: req, credentials, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, log }
+      const m: Mount = { request: req, credentials, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, view, log }
       this.mounts.set(mp, m)
       session.done().then(() => {
         if (this.mounts.get(mp) === m && this.closed === undefined) {
@@ -279,6 +296,7 @@ export class FsDaemon {
       log.info({ durationMs: Date.now() - t0, blobs: bootstrap.blobs.length, inodes: bootstrap.inodeCount, registryAuth: credentials?.given === true ? 'from the mount request' : 'the daemon\'s own' }, 'mounted')
       return this.info(m)
     } catch (err) {
+      await view?.close().catch(() => {})
       for (const l of caches.values()) await l.release().catch(() => {})
       if (chain !== undefined) await chain.close().catch(() => {})
       else for (const s of sources) await s.close().catch(() => {})
@@ -288,10 +306,28 @@ export class FsDaemon {
     }
   }
 
+  /**
+   * Detaches the kernel views (passthrough) a dead daemon left: each mount makes its own when it
+   * needs one; files open in passthrough keep theirs until closed.
+   */
+  private async sweepKernelViews (): Promise<void> {
+    const kdir = join(this.cfg.state.dir, 'kernel') + '/'
+    let info = ''
+    try {
+      info = await readFile('/proc/self/mountinfo', 'utf8')
+    } catch {}
+    const mps = new Set(info.split('\n').map(l => l.split(' ')[4] ?? '').filter(p => p.startsWith(kdir)))
+    for (const mp of mps) {
+      this.deps.log.info({ mountpoint: mp }, 'detaching the kernel view of a dead daemon')
+      await detach(mp.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    }
+  }
+
   private async release (m: Mount): Promise<void> {
     this.mounts.delete(m.request.mountpoint)
     await m.prefetch?.close()
     await m.session.close()
+    await m.view?.close()
     await m.chain.close()
     await m.store?.close()
     for (const l of m.caches.values()) await l.release()
@@ -317,7 +353,7 @@ export class FsDaemon {
 
   private info (m: Mount): MountInfo {
     const p = m.prefetch?.stats()
-    m.session.statistics() // folds the reads its reader threads answered into fs and cache statistics
+    const fuse = m.session.statistics() // (also folds the reads its reader threads answered into fs and cache statistics)
     return {
       mountpoint: m.request.mountpoint,
       ...(m.request.image !== undefined ? { image: m.request.image } : {}),
@@ -328,6 +364,7 @@ export class FsDaemon {
       reads: m.fs.readStats.reads,
       bytesRead: m.fs.readStats.bytes,
       eio: m.fs.readStats.eio,
+      passthroughOpens: fuse.passthroughOpens,
       prefetch: p !== undefined ? { state: p.state, chunksDone: p.chunksDone, chunksTotal: p.chunksTotal } : { state: 'off', chunksDone: 0, chunksTotal: 0 },
       blobs: this.blobStats(m)
     }

@@ -35,6 +35,7 @@ export class FsdMetrics {
     perMount('naiad_fsd_reads_total', 'file reads served', m => m.reads)
     perMount('naiad_fsd_read_bytes_total', 'file bytes served', m => m.bytesRead)
     perMount('naiad_fsd_eio_total', 'reads answered with EIO after every source failed', m => m.eio)
+    perMount('naiad_fsd_passthrough_opens_total', 'opens of wholly cached files handed to the kernel (FUSE passthrough)', m => m.passthroughOpens)
     perMount('naiad_fsd_prefetch_chunks_done', 'chunks prefetched', m => m.prefetch.chunksDone)
     const perBlob = (name: string, help: string, f: (b: MountInfo['blobs'][number]) => number): void => {
       g(name, help, ['blob'], (x) => {

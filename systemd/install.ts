@@ -6,7 +6,8 @@
  *
  *   <prefix>/lib/naiad/            a self-contained copy of the suite: package.json,
  *                                  package-lock.json, dist/{bin,lib,converter,fsdaemon,snapshotter,
- *                                  p2p,systemd}/*.js, lib/proto/**.proto, lib/fsdapi/fsd-launcher.pl, docs/**.md, systemd/ (units,
+ *                                  p2p,systemd}/*.js, lib/proto/**.proto, lib/fsdapi/fsd-launcher.pl,
+ *                                  fsdaemon/fuse/native/build/Release/naiad_fuse.node (if built), docs/**.md, systemd/ (units,
  *                                  examples, snippet: so the installed copy can reinstall itself)
  *                                  and node_modules/ with the production dependencies only (the
  *                                  packages package-lock.json does not mark "dev", as built here:
@@ -52,6 +53,7 @@ export const UNIT_BINARY = '/usr/local/bin/naiad'
 export const UNIT_HOME = '/usr/local/lib/naiad'
 const DIST_DIRS = ['bin', 'lib', 'converter', 'fsdaemon', 'snapshotter', 'p2p', 'systemd']
 const MANIFEST = 'install-manifest.json'
+const NATIVE_ADDON = 'fsdaemon/fuse/native/build/Release/naiad_fuse.node'
 
 export type FileKind = 'program' | 'wrapper' | 'unit' | 'config' | 'config-new' | 'snippet'
 
@@ -157,6 +159,8 @@ async function wantedFiles (source: string, prefix: string, node: string): Promi
   for (const rel of await walk(join(source, 'lib/proto'), (r, isDir) => isDir || r.endsWith('.proto'))) await copy(`lib/proto/${rel}`)
   // the fsdaemon's failover launcher (naiad-fsd.service's ExecStart; the snapshotter runs it too)
   await copy('lib/fsdapi/fsd-launcher.pl')
+  // the native addon for kernel passthrough (fsdaemon/fuse/native.ts), where it was built
+  if (existsSync(join(source, NATIVE_ADDON))) await copy(NATIVE_ADDON)
   for (const rel of [...UNITS, SNIPPET, ...CONFIGS.map(c => `etc/naiad/${c}`)]) await copy(`systemd/${rel}`)
   // the units' Documentation= points here
   if (existsSync(join(source, 'docs'))) for (const rel of await walk(join(source, 'docs'), (r, isDir) => isDir || r.endsWith('.md'))) await copy(`docs/${rel}`)

@@ -22,6 +22,12 @@ export interface RafsFilesystemDeps {
   cacheFor: (blob: BlobInfo) => ChunkReader
   fetcher: ChunkFetcher
   log: Logger
+  /**
+   * Optional: opens an inode (`nid`, a regular file of `size` bytes) in a view of this image that
+   * is not on this mount and reads straight from the chunk cache (kernel-view.ts); for kernel
+   * passthrough of files whose chunks are all cached.
+   */
+  backing?: { open: (nid: number, size: number) => Promise<number | undefined> }
 }
 
 export interface RafsFilesystemOptions {
@@ -113,6 +119,29 @@ export class RafsFilesystem implements FuseFilesystem {
   async open (nodeid: number): Promise<void> {
     const t = this.inode(this.nid(nodeid)).type
     if (t === 'dir') throw new FuseErrno(Errno.EISDIR)
+  }
+
+  /**
+   * Kernel passthrough: only for regular files whose chunks are all in the cache (for good).
+   * `fetchFirst`: fetch the missing chunks first (an inode a dead predecessor handed to the
+   * kernel must be handed again, and the ready bits of its last second may not have been saved).
+   */
+  async backingFile (nodeid: number, fetchFirst = false): Promise<number | undefined> {
+    const backing = this.deps.backing
+    if (backing === undefined) return undefined
+    const nid = this.nid(nodeid)
+    const a = this.inode(nid)
+    if (a.type !== 'file' || a.size === 0) return undefined
+    const missing = new Map<BlobInfo, ChunkRef[]>()
+    for (const c of this.b.chunks(nid)) {
+      if (this.deps.cacheFor(c.blob).isReady(c.index)) continue
+      if (!fetchFirst) return undefined
+      const list = missing.get(c.blob)
+      if (list === undefined) missing.set(c.blob, [c])
+      else list.push(c)
+    }
+    for (const [blob, refs] of missing) await this.deps.cacheFor(blob).ensure(refs, this.deps.fetcher, { priority: 'ondemand' })
+    return await backing.open(nid, a.size)
   }
 
   async opendir (nodeid: number): Promise<void> {

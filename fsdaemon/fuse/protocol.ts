@@ -78,8 +78,21 @@ export const OpenFlag = {
   DIRECT_IO: 1 << 0,
   KEEP_CACHE: 1 << 1,
   NONSEEKABLE: 1 << 2,
-  CACHE_DIR: 1 << 3
+  CACHE_DIR: 1 << 3,
+  /** Reads, mmap and splice go to the backing file named by backing_id (7.40, Linux 6.9+). */
+  PASSTHROUGH: 1 << 7
 } as const
+
+/** Bits of INIT's flags2 (the upper 32 bits of the 64-bit flags; valid with INIT_EXT). */
+export const InitFlag2 = {
+  /** FUSE_PASSTHROUGH (1 << 37): files may be opened onto a backing file (Linux 6.9+). */
+  PASSTHROUGH: 1 << (37 - 32),
+  /** FUSE_HAS_RESEND (1 << 39) */
+  HAS_RESEND: 1 << (39 - 32)
+} as const
+
+/** The protocol minor that brought passthrough; we answer with it when passthrough is on. */
+export const FUSE_MINOR_PASSTHROUGH = 40
 
 export const Errno = {
   EPERM: 1,
@@ -166,7 +179,20 @@ export function decodeInitIn (b: Buffer): InitIn {
   }
 }
 
-export interface InitOut { minor: number, maxReadahead: number, flags: number, maxBackground: number, congestionThreshold: number, maxWrite: number, timeGran: number, maxPages: number }
+export interface InitOut {
+  minor: number
+  maxReadahead: number
+  flags: number
+  maxBackground: number
+  congestionThreshold: number
+  maxWrite: number
+  timeGran: number
+  maxPages: number
+  /** Sent only with InitFlag.INIT_EXT in `flags`. */
+  flags2?: number
+  /** With InitFlag2.PASSTHROUGH: how deep backing files' filesystems may stack (1 or 2). */
+  maxStackDepth?: number
+}
 
 export function encodeInitOut (o: InitOut): Buffer {
   const b = Buffer.alloc(64)
@@ -179,6 +205,8 @@ export function encodeInitOut (o: InitOut): Buffer {
   b.writeUInt32LE(o.maxWrite, 20)
   b.writeUInt32LE(o.timeGran, 24)
   b.writeUInt16LE(o.maxPages, 28)
+  b.writeUInt32LE((o.flags2 ?? 0) >>> 0, 32)
+  b.writeUInt32LE(o.maxStackDepth ?? 0, 36)
   return b
 }
 
@@ -246,10 +274,23 @@ export function encodeAttrOut (attr: Attr, attrSec: number): Buffer {
   return b
 }
 
-export function encodeOpenOut (openFlags: number): Buffer {
+/** fuse_open_out: `fh` comes back in the file's later requests (RELEASE); `backingId` with PASSTHROUGH. */
+export function encodeOpenOut (openFlags: number, fh = 0n, backingId = 0): Buffer {
   const b = Buffer.alloc(16)
+  b.writeBigUInt64LE(fh, 0)
   b.writeUInt32LE(openFlags, 8)
+  b.writeInt32LE(backingId, 12)
   return b
+}
+
+/** The node ids of a BATCH_FORGET (fuse_batch_forget_in, then fuse_forget_one each). */
+export function decodeBatchForget (b: Buffer): number[] {
+  if (b.length < IN_HEADER + 8) throw new ProtocolError('short BATCH_FORGET request')
+  const count = b.readUInt32LE(IN_HEADER)
+  if (IN_HEADER + 8 + count * 16 > b.length) throw new ProtocolError('BATCH_FORGET longer than its request')
+  const out: number[] = []
+  for (let i = 0; i < count; i++) out.push(Number(b.readBigUInt64LE(IN_HEADER + 8 + i * 16)))
+  return out
 }
 
 export interface ReadIn { fh: bigint, offset: number, size: number }

@@ -16,15 +16,17 @@
  * synchronous call into its own mount (it would deadlock): nothing here or above does.
  */
 import { spawn } from 'node:child_process'
-import { existsSync } from 'node:fs'
+import { closeSync, existsSync } from 'node:fs'
 import { open as openFile, writev as writevFd, writevSync, close as closeFd } from 'node:fs'
 import { MessageChannel, Worker, type MessagePort } from 'node:worker_threads'
 import { readFile, writeFile } from 'node:fs/promises'
 import { promisify } from 'node:util'
 import type { Logger } from '../../lib/log/index.ts'
+import { ModeTable, type OpenMode } from './modes.ts'
+import { nativeFuse, nativeFuseProblem } from './native.ts'
 import {
   DT, Op, Errno, InitFlag, OpenFlag, IN_HEADER, OUT_HEADER, FUSE_KERNEL_MINOR, FUSE_KERNEL_VERSION,
-  decodeInHeader, decodeInitIn, encodeInitOut, outHeader, cName, encodeEntryOut, encodeAttrOut,
+  decodeInHeader, decodeInitIn, encodeInitOut, InitFlag2, FUSE_MINOR_PASSTHROUGH, decodeBatchForget, type InitIn, outHeader, cName, encodeEntryOut, encodeAttrOut,
   encodeOpenOut, decodeReadIn, decodeGetxattrIn, encodeGetxattrOut, encodeStatfsOut, direntSize,
   writeDirent, direntplusSize, ENTRY_OUT, ProtocolError, type Attr, type StatFs, type InHeader
 } from './protocol.ts'
@@ -72,6 +74,15 @@ export interface FuseFilesystem {
    * session calls read().
    */
   readCached? (nodeid: number, offset: number, size: number, into: Buffer): Buffer | undefined
+  /**
+   * Optional (kernel passthrough, docs/decisions/0005-kernel-passthrough.md): a read-only
+   * descriptor of a file that is not on this mount and holds exactly this regular file's bytes,
+   * all of them at hand for good (they never change while mounted), or undefined. The session
+   * registers it with the kernel, which then serves the file's reads, mmap and splice from it
+   * without asking us; the session closes the descriptor. `fetchFirst`: the file must be handed
+   * to the kernel (it is open in passthrough already): get whatever is missing first.
+   */
+  backingFile? (nodeid: number, fetchFirst?: boolean): Promise<number | undefined>
   opendir (nodeid: number): Promise<void>
   /** The whole listing including "." and ".."; the session pages through it by index. */
   readdir (nodeid: number): Promise<readonly FuseDirEntry[]>
@@ -120,6 +131,18 @@ export interface FuseSessionOptions {
    * small FUSE reads and Range requests). 0 leaves the default.
    */
   readAheadKb?: number
+  /**
+   * Kernel passthrough for files the filesystem has a backing file for (`backingFile`; needs
+   * Linux 6.9+ and the native addon); default false.
+   */
+  passthrough?: boolean
+  /**
+   * Where the session records each inode's open mode (passthrough or not) while the kernel
+   * holds the inode, so that a successor adopting the connection answers the same (the kernel
+   * fails an open whose mode differs from that of the inode's other open files). Needed with
+   * `holder`; without it an adopting successor turns passthrough off.
+   */
+  modeLog?: string
 }
 
 export interface FuseStats {
@@ -128,6 +151,8 @@ export interface FuseStats {
   bytesRead: number
   /** OPEN and OPENDIR requests (the kernel stops sending them once answered ENOSYS). */
   opens: number
+  /** Opens answered with kernel passthrough (the kernel reads the backing file itself). */
+  passthroughOpens: number
 }
 
 const openP = promisify(openFile)
@@ -309,6 +334,9 @@ export interface FuseAdoption {
   noOpendir: boolean
   /** The kernel can queue again what a dead daemon read (FUSE_HAS_RESEND, Linux 6.9+). */
   resend: boolean
+  /** Kernel passthrough was negotiated: the session's inode open modes are in `modeLog`. */
+  passthrough?: boolean
+  modeLog?: string
 }
 
 /**
@@ -320,17 +348,24 @@ const HOLDER = 'use Config; syscall($Config{archname} =~ /aarch64/ ? 167 : 157, 
 
 /** FUSE_NOTIFY_RESEND (7.40) */
 const NOTIFY_RESEND = 7
-/** Bits of INIT's flags2 (the upper 32 bits of the 64-bit flags). */
-const InitFlag2 = { HAS_RESEND: 1 << (39 - 32) } as const
+/**
+ * How deep a backing file's filesystem may be stacked (FUSE's max_stack_depth). 1 keeps our mount
+ * at depth 1, so that overlayfs (depth 2, the limit) can still take it as a lower layer, as
+ * containerd's snapshots do; the backing files are then on filesystems of depth 0.
+ */
+const PASSTHROUGH_STACK_DEPTH = 1
+/** The fh answered to OPEN: which mode the file was opened in. */
+const FH_CACHED = 1n
+const FH_PASSTHROUGH = 2n
 
 export class FuseSession {
   private fd = -1
   private closed: Promise<void> | undefined
   private loopDone: Promise<void> | undefined
   private initDone = false
-  private readonly stats: FuseStats = { requests: 0, errors: 0, bytesRead: 0, opens: 0 }
+  private readonly stats: FuseStats = { requests: 0, errors: 0, bytesRead: 0, opens: 0, passthroughOpens: 0 }
   private readonly workers = new Set<Worker>()
-  private readonly opts: Required<Omit<FuseSessionOptions, 'fsname'>> & { fsname: string }
+  private readonly opts: Required<Omit<FuseSessionOptions, 'fsname' | 'modeLog'>> & { fsname: string, modeLog: string | undefined }
 
   constructor (private readonly deps: { fs: FuseFilesystem, log: Logger }, opts: FuseSessionOptions) {
     this.opts = {
@@ -341,7 +376,9 @@ export class FuseSession {
       readers: opts.readers ?? 2,
       maxRead: opts.maxRead ?? 1024 * 1024,
       readAheadKb: opts.readAheadKb ?? 4096,
-      holder: opts.holder ?? false
+      holder: opts.holder ?? false,
+      passthrough: opts.passthrough ?? false,
+      modeLog: opts.modeLog
     }
     this.counters = new SharedArrayBuffer(this.opts.readers * MAX_DIRECT * 2 * 8)
   }
@@ -355,7 +392,9 @@ export class FuseSession {
 
   /** What a successor needs to adopt this session's connection (after a crash). */
   get adoption (): FuseAdoption | undefined {
-    return this.holderPid !== undefined ? { holderPid: this.holderPid, fd: 3, noOpen: this.noOpen, noOpendir: this.noOpendir, resend: this.canResend } : undefined
+    return this.holderPid !== undefined
+      ? { holderPid: this.holderPid, fd: 3, noOpen: this.noOpen, noOpendir: this.noOpendir, resend: this.canResend, ...(this.modes !== undefined ? { passthrough: true, modeLog: this.modes.path } : {}) }
+      : undefined
   }
 
   private holderPid: number | undefined
@@ -395,6 +434,7 @@ export class FuseSession {
     this.noOpendir = a.noOpendir
     this.canResend = a.resend
     this.holderPid = a.holderPid
+    if (a.passthrough === true) this.adoptModes(a.modeLog)
     this.initDone = true
     this.startReaders()
     // notification: unique 0, the error field carries the code; no payload
@@ -447,6 +487,97 @@ export class FuseSession {
   private onInit: (() => void) | undefined
   private noOpen = false
   private noOpendir = false
+
+  // kernel passthrough (docs/decisions/0005-kernel-passthrough.md)
+  private modes: ModeTable | undefined
+  private readonly pendingBacking = new Map<number, Promise<number | undefined>>()
+  private passthroughBroken = false
+
+  private wantPassthrough (i: InitIn): boolean {
+    if (!this.opts.passthrough || this.deps.fs.backingFile === undefined) return false
+    if ((i.flags & InitFlag.INIT_EXT) === 0 || (i.flags2 & InitFlag2.PASSTHROUGH) === 0) {
+      this.deps.log.debug('the kernel offers no FUSE passthrough (Linux < 6.9 or CONFIG_FUSE_PASSTHROUGH off): every read goes through the daemon')
+      return false
+    }
+    if (nativeFuse() === undefined) {
+      this.deps.log.info({ reason: nativeFuseProblem() }, 'no kernel passthrough: every read goes through the daemon')
+      return false
+    }
+    // a successor adopting this connection must know the modes answered
+    if (this.opts.holder && this.opts.modeLog === undefined) return false
+    try {
+      this.modes = ModeTable.create(this.opts.modeLog)
+    } catch (err) {
+      this.deps.log.warn({ err }, 'cannot start the passthrough mode log: no kernel passthrough')
+      return false
+    }
+    return true
+  }
+
+  private adoptModes (path: string | undefined): void {
+    if (nativeFuse() === undefined) {
+      // opens go on through this daemon; an open of an inode that has files open in
+      // passthrough fails until those close
+      this.deps.log.warn({ reason: nativeFuseProblem() }, 'the adopted connection uses kernel passthrough, which this daemon cannot: files open in passthrough cannot be opened again until closed')
+      return
+    }
+    this.modes = ModeTable.load(path)
+  }
+
+  /** The backing id to answer an OPEN of `nodeid` with, or undefined: through the daemon. */
+  private async passthroughFor (nodeid: number): Promise<number | undefined> {
+    const modes = this.modes!
+    const mode = modes.mode(nodeid)
+    if (mode === 'c') return undefined
+    const id = modes.backingId(nodeid)
+    if (id !== undefined) return id
+    // first open in the inode's lifetime (or one decided by a predecessor): opens at once share one
+    let p = this.pendingBacking.get(nodeid)
+    if (p === undefined) {
+      p = this.registerBacking(nodeid, mode).finally(() => { this.pendingBacking.delete(nodeid) })
+      this.pendingBacking.set(nodeid, p)
+    }
+    return await p
+  }
+
+  private async registerBacking (nodeid: number, mode: OpenMode | undefined): Promise<number | undefined> {
+    const modes = this.modes!
+    const native = nativeFuse()!
+    let fd: number | undefined
+    if (!this.passthroughBroken || mode === 'p') {
+      try {
+        fd = await this.deps.fs.backingFile!(nodeid, mode === 'p')
+      } catch (err) {
+        this.deps.log.warn({ err, nodeid }, 'no backing file for passthrough; serving the file through the daemon')
+      }
+    }
+    if (fd !== undefined) {
+      try {
+        const id = native.backingOpen(this.fd, fd)
+        modes.record(nodeid, 'p', id)
+        return id
+      } catch (err) {
+        if (!this.passthroughBroken) this.deps.log.warn({ err }, 'the kernel refused a passthrough backing file: every read goes through the daemon from now on')
+        this.passthroughBroken = true
+      } finally {
+        try { closeSync(fd) } catch {}
+      }
+    }
+    // a predecessor opened this inode in passthrough: an open through the daemon would fail
+    if (mode === 'p') throw new FuseErrno(Errno.EIO, `inode ${nodeid} is open in passthrough and its backing file cannot be opened again`)
+    modes.record(nodeid, 'c')
+    return undefined
+  }
+
+  private forget (nodeid: number): void {
+    const id = this.modes?.forget(nodeid)
+    if (id === undefined || this.fd < 0) return
+    try {
+      nativeFuse()?.backingClose(this.fd, id)
+    } catch (err) {
+      this.deps.log.debug({ err, nodeid }, 'closing a passthrough backing id failed')
+    }
+  }
 
   /** Resolves when the kernel ends the session (unmount) or close() is called. */
   async done (): Promise<void> {
@@ -751,15 +882,19 @@ export class FuseSession {
         this.noOpen = (i.flags & InitFlag.NO_OPEN_SUPPORT) !== 0
         this.noOpendir = (i.flags & InitFlag.NO_OPENDIR_SUPPORT) !== 0
         this.canResend = (i.flags & InitFlag.INIT_EXT) !== 0 && (i.flags2 & InitFlag2.HAS_RESEND) !== 0
+        // kernel passthrough: needs OPEN for every file (the mode is chosen per open)
+        const passthrough = this.wantPassthrough(i)
+        if (passthrough) this.noOpen = false
         this.reply(h.unique, 0, encodeInitOut({
-          minor: Math.min(i.minor, FUSE_KERNEL_MINOR),
+          minor: Math.min(i.minor, passthrough ? FUSE_MINOR_PASSTHROUGH : FUSE_KERNEL_MINOR),
           maxReadahead: Math.min(i.maxReadahead, this.opts.maxRead),
           flags,
           maxBackground: 64,
           congestionThreshold: 48,
           maxWrite: MAX_WRITE,
           timeGran: 1,
-          maxPages: Math.max(1, Math.floor(this.opts.maxRead / 4096))
+          maxPages: Math.max(1, Math.floor(this.opts.maxRead / 4096)),
+          ...(passthrough ? { flags: (flags | InitFlag.INIT_EXT) >>> 0, flags2: InitFlag2.PASSTHROUGH, maxStackDepth: PASSTHROUGH_STACK_DEPTH } : {})
         }))
         this.initDone = true
         this.onInit?.()
@@ -769,7 +904,11 @@ export class FuseSession {
         this.reply(h.unique, 0)
         return
       case Op.FORGET:
+        this.forget(h.nodeid)
+        return // no reply
       case Op.BATCH_FORGET:
+        if (this.modes !== undefined) for (const nodeid of decodeBatchForget(req)) this.forget(nodeid)
+        return
       case Op.INTERRUPT:
         return // no reply
       case Op.LOOKUP: {
@@ -791,7 +930,13 @@ export class FuseSession {
         await fs.open(h.nodeid, flags)
         // (the mount is read-only: the kernel refuses opens for writing before asking)
         if (this.noOpen) throw new FuseErrno(Errno.ENOSYS)
-        this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE))
+        const id = this.modes !== undefined ? await this.passthroughFor(h.nodeid) : undefined
+        if (id !== undefined) {
+          this.stats.passthroughOpens++
+          this.reply(h.unique, 0, encodeOpenOut(OpenFlag.PASSTHROUGH, FH_PASSTHROUGH, id))
+        } else {
+          this.reply(h.unique, 0, encodeOpenOut(OpenFlag.KEEP_CACHE, FH_CACHED))
+        }
         return
       }
       case Op.READ: {
@@ -886,6 +1031,7 @@ export class FuseSession {
         this.fd = -1
         await closeP(fd).catch(() => {})
       }
+      this.modes?.close()
       await Promise.race([this.loopDone, new Promise(resolve => setTimeout(resolve, 2000).unref())])
     })()
     await this.closed

@@ -64,8 +64,11 @@ export interface MountInfo {
   since: string
   files: number
   reads: number
+  /** File bytes the daemon served (reads in passthrough never reach it). */
   bytesRead: number
   eio: number
+  /** Opens of files handed to the kernel (FUSE passthrough onto the cache; fuse.passthrough). */
+  passthroughOpens: number
   prefetch: { state: string, chunksDone: number, chunksTotal: number }
   blobs: BlobStats[]
 }

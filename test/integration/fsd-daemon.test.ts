@@ -176,7 +176,9 @@ describe('fsdaemon against a real registry', () => {
     writeFileSync(patterns, '/small.txt\n/big.bin\n')
     expect((await naiad('convert', '--source', `${reg.host}/app/lazy:v1`, '--target', `${reg.host}/app/lazy:prefetch`, '--prefetch-patterns', patterns)).code).toBe(0)
     const sock = join(work, 'pf', 'fsd.sock')
-    const d = startNaiad(['fsd', '--socket', sock, '--cache-dir', join(work, 'pf-cache'), '--state-dir', join(work, 'pf-state'), '--log-level', 'info'])
+    // the daemon's own read path (kernel passthrough would take these wholly cached files: below)
+    writeFileSync(join(work, 'pf.toml'), '[fuse]\npassthrough = false\n')
+    const d = startNaiad(['fsd', '--config', join(work, 'pf.toml'), '--socket', sock, '--cache-dir', join(work, 'pf-cache'), '--state-dir', join(work, 'pf-state'), '--log-level', 'info'])
     daemons.push(d)
     await d.waitFor('ready')
     const client = new FsdClient({ socketPath: sock })
@@ -214,6 +216,62 @@ describe('fsdaemon against a real registry', () => {
     expect(await direct()).toBe(want)
     await client.unmount(mnt)
     await d.stop()
+  })
+
+  it('kernel passthrough: a wholly cached file is read, mapped and stacked under overlayfs by the kernel from the cache; the daemon serves none of it', async () => {
+    const sock = join(work, 'pt', 'fsd.sock')
+    const { daemon, mnt, state } = fsd('pt', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch', '--socket', sock)
+    await daemon.waitFor('ready')
+    const client = new FsdClient({ socketPath: sock })
+    const want = (await exec('sha256sum', [join(work, 'lazy', 'layer0', 'big.bin')])).stdout.split(' ')[0]
+    const sum = async (f: string): Promise<string> => (await exec('sha256sum', [f])).stdout.split(' ')[0]!
+    // opened before their chunks were there: served by the daemon for the inodes' lifetime
+    expect(await sum(join(mnt, 'big.bin'))).toBe(want)
+    expect((await exec('cat', [join(mnt, 'small.txt')])).stdout).toBe('just a small file\n')
+    let info = (await client.list())[0]!
+    expect(info.passthroughOpens).toBe(0)
+    const served = info.bytesRead
+    expect(served).toBeGreaterThanOrEqual(64 * 1024 * 1024 + 18)
+    // the kernel forgets the inode (and its pages): the next open is handed to the kernel
+    writeFileSync('/proc/sys/vm/drop_caches', '2')
+    proxy.reset()
+    expect(await sum(join(mnt, 'big.bin'))).toBe(want)
+    expect((await exec('cat', [join(mnt, 'small.txt')])).stdout).toBe('just a small file\n')
+    // mmap, as the loader maps libraries and binaries
+    const mapped = await exec('python3', ['-c', 'import hashlib, mmap, sys; f = open(sys.argv[1], "rb"); m = mmap.mmap(f.fileno(), 0, prot=mmap.PROT_READ); print(hashlib.sha256(m).hexdigest())', join(mnt, 'big.bin')])
+    expect(mapped.stdout.trim()).toBe(want)
+    // containerd stacks overlayfs on our mounts: the stacking depth still allows it
+    const ov = join(work, 'pt-ov')
+    for (const d of ['u', 'w', 'm']) execFileSync('mkdir', ['-p', join(ov, d)])
+    await exec('mount', ['-t', 'overlay', 'overlay', '-o', `lowerdir=${mnt},upperdir=${join(ov, 'u')},workdir=${join(ov, 'w')}`, join(ov, 'm')])
+    try {
+      expect(await sum(join(ov, 'm', 'big.bin'))).toBe(want)
+    } finally {
+      await exec('umount', [join(ov, 'm')])
+    }
+    info = (await client.list())[0]!
+    expect(info.passthroughOpens).toBeGreaterThanOrEqual(3)
+    expect(info.bytesRead).toBe(served)
+    expect(proxy.requests().filter(r => r.path.includes('/blobs/'))).toEqual([])
+    // the kernel's view of the image is a private mount under the state dir, gone with the daemon
+    const views = (): string[] => readFileSync('/proc/self/mounts', 'utf8').split('\n').map(l => l.split(' ')[1] ?? '').filter(p => p.startsWith(join(state, 'kernel')))
+    expect(views().length).toBe(1)
+    expect(await daemon.stop()).toBe(0)
+    expect(mounted(mnt)).toBe(false)
+    expect(views()).toEqual([])
+    // after a crash, the next daemon detaches the dead one's view
+    const again = fsd('pt', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch', '--socket', sock)
+    await again.daemon.waitFor('ready')
+    expect(await sum(join(mnt, 'small.txt'))).toBe((await exec('sha256sum', [join(work, 'lazy', 'layer0', 'small.txt')])).stdout.split(' ')[0])
+    expect(views().length).toBe(1)
+    await again.daemon.kill()
+    const third = fsd('pt', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch', '--socket', sock)
+    await third.daemon.waitFor('ready')
+    expect(views()).toEqual([])
+    expect(await sum(join(mnt, 'big.bin'))).toBe(want)
+    expect(views().length).toBe(1)
+    expect(await third.daemon.stop()).toBe(0)
+    expect(views()).toEqual([])
   })
 
   it('daemon mode: the control socket mounts, lists with per-blob statistics, serves metrics, unmounts', async () => {

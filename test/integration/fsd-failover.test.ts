@@ -8,7 +8,7 @@
  * daemon had taken from the kernel but not answered (its registry fetch held by a proxy when the
  * daemon was killed) is answered by the next daemon (FUSE_NOTIFY_RESEND).
  */
-import { execFile, spawn } from 'node:child_process'
+import { execFile, spawn, type ChildProcess } from 'node:child_process'
 import http from 'node:http'
 import { Writable } from 'node:stream'
 import { run } from '../../bin/program.ts'
@@ -212,6 +212,37 @@ describe.skipIf(!existsSync('/dev/fuse') || !existsSync(NAIAD_BIN) || !existsSyn
     const log = readFileSync(join(work, 'handover', 'fsd.log'), 'utf8')
     expect(log).toContain('handing over: leaving every mount to its FUSE holder')
     expect(log).toContain('adopted the FUSE connection of the dead daemon')
+    await stopCleanly(d2.pid, mnt)
+  }, 60_000)
+
+  it('kernel passthrough across a crash: files open in either mode open again in that mode with the next daemon', async () => {
+    const d1 = await startDaemon('modes')
+    const { mnt, client } = await mountFixture('modes', d1)
+    const holdOpen = (f: string): ChildProcess => {
+      const c = spawn('sh', ['-c', `exec 3<"$1"; echo open; sleep 60`, 'sh', join(mnt, f)], { stdio: ['ignore', 'pipe', 'ignore'] })
+      pids.push(c.pid!)
+      return c
+    }
+    const opened = async (c: ChildProcess): Promise<void> => { await new Promise((resolve) => c.stdout!.once('data', resolve)) }
+    // lib.rs is opened before its chunk is cached (through the daemon) and stays open
+    const a = holdOpen('lib.rs')
+    await opened(a)
+    expect(await sha(join(mnt, 'lib.rs'))).toBe(SHA['lib.rs'])
+    // sync_io.rs: cached, forgotten by the kernel, then opened by the kernel itself and kept open
+    expect(await sha(join(mnt, 'sync_io.rs'))).toBe(SHA['sync_io.rs'])
+    writeFileSync('/proc/sys/vm/drop_caches', '2')
+    const b = holdOpen('sync_io.rs')
+    await opened(b)
+    expect((await client.list())[0]!.passthroughOpens).toBe(1)
+    await killAndWait(d1.pid)
+    const d2 = await startDaemon('modes')
+    // the next daemon answers each inode's opens in its mode: lib.rs, now wholly cached, would
+    // fail to open (EIO) if handed to the kernel while the first open of it lives
+    expect(await sha(join(mnt, 'lib.rs'))).toBe(SHA['lib.rs'])
+    expect(await sha(join(mnt, 'sync_io.rs'))).toBe(SHA['sync_io.rs'])
+    expect((await client.list())[0]!.passthroughOpens).toBe(1)
+    a.kill('SIGKILL')
+    b.kill('SIGKILL')
     await stopCleanly(d2.pid, mnt)
   }, 60_000)
 
