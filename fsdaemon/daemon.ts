@@ -7,7 +7,7 @@
  * Crash recovery: mounts are recorded in the state dir; on start, recorded mounts whose FUSE server
  * is gone are detached and mounted again (already cached chunks are not fetched again).
  */
-import { mkdir, readFile } from 'node:fs/promises'
+import { mkdir, readFile, readdir, rmdir } from 'node:fs/promises'
 import { NaiadError, isNaiadError } from '../lib/errors/index.ts'
 import type { Logger } from '../lib/log/index.ts'
 import type { CachedBlobInfo, DaemonInfo, MountInfo, MountRequest, BlobStats } from '../lib/fsdapi/index.ts'
@@ -53,6 +53,8 @@ interface Mount {
   prefetch: Prefetcher | undefined
   /** The kernel's EROFS view of the image, for passthrough (undefined: off). */
   view: KernelView | undefined
+  /** Where the session logs its passthrough open modes (with failover). */
+  modeLog: string | undefined
   log: Logger
 }
 
@@ -91,7 +93,7 @@ export class FsDaemon {
     } catch (err) {
       this.deps.log.warn({ err }, 'ignoring unreadable state file')
     }
-    await this.sweepKernelViews()
+    await this.sweepKernelViews(records)
     const live = await naiadMounts()
     const adopted = new Set<string>()
     for (const r of records) {
@@ -254,6 +256,7 @@ export class FsDaemon {
         await mkdir(kdir, { recursive: true, mode: 0o700 })
         view = new KernelView({ bootstrap: bootstrap.buffer, devices: devices as string[], log: log.child({ component: 'kernel-view' }) }, { mountpoint: join(kdir, key), bootstrapFile: join(kdir, `${key}.boot`) })
       }
+      const modeLog = view !== undefined && this.failover.holdersFile !== undefined ? join(kdir, `${key}.modes`) : undefined
       const fs = new RafsFilesystem({ bootstrap, cacheFor, fetcher: chain, log: log.child({ component: 'fs' }), ...(view !== undefined ? { backing: view } : {}) }, { amplifyBytes: this.cfg.fetch.amplify, readaheadBytes: this.cfg.fetch.readahead })
       const session = new FuseSession({ fs, log: log.child({ component: 'fuse' }) }, {
         mountpoint: mp,
@@ -264,7 +267,7 @@ export class FsDaemon {
         maxRead: this.cfg.fuse.max_read,
         holder: this.failover.holdersFile !== undefined,
         passthrough: view !== undefined,
-        ...(this.failover.holdersFile !== undefined ? { modeLog: join(kdir, `${key}.modes`) } : {})
+        ...(modeLog !== undefined ? { modeLog } : {})
       })
       try {
         if (adopt !== undefined) await session.adopt(adopt.fd, adopt.adoption)
@@ -284,7 +287,7 @@ export class FsDaemon {
         })
         prefetch.start()
       }
-      const m: Mount = { request: req, credentials, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, view, log }
+      const m: Mount = { request: req, credentials, since: new Date().toISOString(), bootstrap, fs, session, chain, caches, store, prefetch, view, modeLog, log }
       this.mounts.set(mp, m)
       session.done().then(() => {
         if (this.mounts.get(mp) === m && this.closed === undefined) {
@@ -310,16 +313,25 @@ export class FsDaemon {
    * Detaches the kernel views (passthrough) a dead daemon left: each mount makes its own when it
    * needs one; files open in passthrough keep theirs until closed.
    */
-  private async sweepKernelViews (): Promise<void> {
-    const kdir = join(this.cfg.state.dir, 'kernel') + '/'
+  private async sweepKernelViews (records: readonly MountRecord[]): Promise<void> {
+    const kdir = join(this.cfg.state.dir, 'kernel')
     let info = ''
     try {
       info = await readFile('/proc/self/mountinfo', 'utf8')
     } catch {}
-    const mps = new Set(info.split('\n').map(l => l.split(' ')[4] ?? '').filter(p => p.startsWith(kdir)))
+    const mps = new Set(info.split('\n').map(l => l.split(' ')[4] ?? '').filter(p => p.startsWith(kdir + '/')))
     for (const mp of mps) {
       this.deps.log.info({ mountpoint: mp }, 'detaching the kernel view of a dead daemon')
       await detach(mp.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+    }
+    // their bootstraps and mount points go too (each view writes its own again when it needs
+    // it); the mode logs of recorded mounts stay, for the daemon that adopts them
+    const keep = new Set(records.map(r => r.fuse?.modeLog).filter((x): x is string => x !== undefined))
+    const entries = await readdir(kdir, { withFileTypes: true }).catch(() => [])
+    for (const e of entries) {
+      const p = join(kdir, e.name)
+      if (e.isDirectory()) await rmdir(p).catch(() => {}) // (only if empty: not a live view)
+      else if (!keep.has(p)) await rm(p, { force: true }).catch(() => {})
     }
   }
 
@@ -328,6 +340,7 @@ export class FsDaemon {
     await m.prefetch?.close()
     await m.session.close()
     await m.view?.close()
+    if (m.modeLog !== undefined) await rm(m.modeLog, { force: true }).catch(() => {})
     await m.chain.close()
     await m.store?.close()
     for (const l of m.caches.values()) await l.release()

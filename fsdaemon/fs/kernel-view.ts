@@ -9,9 +9,10 @@
  * would give zeros).
  *
  * The mount is private to the daemon (under its state directory), read-only, nodev, nosuid,
- * made on the first file that needs it and detached (lazily: open files keep it) at close().
+ * made on the first file that needs it and detached (lazily: open files keep it) at close(),
+ * which also removes its bootstrap file and mount point.
  */
-import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, writeFileSync } from 'node:fs'
+import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readFileSync, renameSync, rmdirSync, rmSync, writeFileSync } from 'node:fs'
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import type { Logger } from '../../lib/log/index.ts'
@@ -116,6 +117,9 @@ export class KernelView {
       this.mountFd = -1
     }
     if (mounted) await detach(this.opts.mountpoint)
+    // (the kernel holds the bootstrap open while files of the view are open)
+    try { rmSync(this.opts.bootstrapFile, { force: true }) } catch {}
+    try { rmdirSync(this.opts.mountpoint) } catch {}
   }
 }
 

@@ -265,13 +265,17 @@ describe('fsdaemon against a real registry', () => {
     expect(await sum(join(mnt, 'small.txt'))).toBe((await exec('sha256sum', [join(work, 'lazy', 'layer0', 'small.txt')])).stdout.split(' ')[0])
     expect(views().length).toBe(1)
     await again.daemon.kill()
+    expect(readdirSync(join(state, 'kernel')).filter(f => f.endsWith('.boot')).length).toBe(1)
     const third = fsd('pt', '--image', `${proxy.host}/app/lazy:nydus`, '--no-prefetch', '--socket', sock)
     await third.daemon.waitFor('ready')
     expect(views()).toEqual([])
+    expect(readdirSync(join(state, 'kernel'))).toEqual([])
     expect(await sum(join(mnt, 'big.bin'))).toBe(want)
     expect(views().length).toBe(1)
     expect(await third.daemon.stop()).toBe(0)
     expect(views()).toEqual([])
+    // and leaves nothing in the state dir (bootstraps written for the kernel, mount points)
+    expect(readdirSync(join(state, 'kernel'))).toEqual([])
   })
 
   it('daemon mode: the control socket mounts, lists with per-blob statistics, serves metrics, unmounts', async () => {
