@@ -126,6 +126,7 @@ export function registerP2pCommands (program: Command, io: Io, setExit: (code: n
         listen: config.server.listen,
         metricsListen: config.metrics.listen,
         candidateParents: sc.candidate_parents,
+        parentSelection: sc.parent_selection,
         originBudgetPerPiece: sc.origin_budget_per_piece,
         originPermitsPerPeer: sc.origin_permits_per_peer,
         originConcurrencyPerTask: sc.origin_concurrency_per_task,

@@ -8,7 +8,7 @@
  *
  *   npm run bench:p2p -- [--peers 4,8,16] [--size 256MiB] [--rate 100] [--queue-ms 100] [--order seq|random]
  *                        [--chunk 1MiB] [--concurrency 4] [--skip-direct] [--json out.json]
- *                        [--origin-read-ahead K] [--cpu-prof DIR (profiles peers p1 and p9 and the reader of p1)]
+ *                        [--origin-read-ahead K] [--parent-selection score|ring] [--cpu-prof DIR (profiles peers p1 and p9 and the reader of p1)]
  *
  * `--queue-ms`: tbf's queue on every link (ms of its rate). `--verbose` adds per-peer sources, CPU
  * use, the scheduler's assignments and a timeline of the origin link's use and the peers' mean
@@ -50,6 +50,7 @@ const { values: a } = parseArgs({
     verbose: { type: 'boolean', default: false },
     'log-level': { type: 'string', default: 'warn' },
     'origin-per-task': { type: 'string' },
+    'parent-selection': { type: 'string' },
     'origin-per-peer': { type: 'string' },
     'origin-read-ahead': { type: 'string' },
     'cpu-prof': { type: 'string' },
@@ -131,7 +132,7 @@ async function runOne (n: number): Promise<Row> {
 
     const sched = lab.host('sched')
     const scfg = join(dir, 'scheduler.toml')
-    await writeFile(scfg, ['[server]', `listen = "${sched.ip}:65010"`, '[metrics]', 'listen = "127.0.0.1:65011"', '[scheduling]', ...opt('origin_concurrency_per_task', a['origin-per-task']), ...opt('origin_permits_per_peer', a['origin-per-peer']), '[log]', 'level = "warn"'].join('\n') + '\n')
+    await writeFile(scfg, ['[server]', `listen = "${sched.ip}:65010"`, '[metrics]', 'listen = "127.0.0.1:65011"', '[scheduling]', ...opt('origin_concurrency_per_task', a['origin-per-task']), ...opt('origin_permits_per_peer', a['origin-per-peer']), ...(a['parent-selection'] !== undefined ? [`parent_selection = "${a['parent-selection']}"`] : []), '[log]', 'level = "warn"'].join('\n') + '\n')
     children.push(lab.spawn('sched', process.execPath, [NAIAD, 'scheduler', '--config', scfg], { logFile: join(dir, 'scheduler.log') }))
     await lab.waitHttp('sched', 'http://127.0.0.1:65011/healthz')
     await Promise.all(names.map(async h => {

@@ -5,8 +5,10 @@
  * and `PeerSink` calls into stream writes; tests drive it directly with a fake clock.
  *
  * Decisions for one piece a peer asks for (`decide`):
- * 1. The evaluator ranks the hosts holding it (never the asking host, never a blocklisted one).
- *    If one of them has a free upload slot, the answer is PARENTS (best first, at most
+ * 1. The evaluator ranks the hosts holding it (never the asking host, never a blocklisted one);
+ *    with `parentSelection` 'ring' they are then ordered by ring distance (the holder nearest
+ *    before the child in the ring of the task's downloads first). If one of them has a free
+ *    upload slot, the answer is PARENTS (best first, at most
  *    `candidateParents`) and a slot of the best one is reserved until the peer reports the piece.
  * 2. If holders exist but all are busy: WAIT; the peer is served when a slot frees or a new holder
  *    appears (the swarm grows by doubling: every finished transfer adds a holder).
@@ -51,6 +53,14 @@ export interface SchedulerOptions {
    * 85-96 % busy (bench/p2p, N = 4: 36.8 s -> 28-29 s).
    */
   originConcurrencyPerTask?: number
+  /**
+   * How parents are chosen: 'score' (default) ranks the holders by the evaluator's score alone;
+   * 'ring' orders the downloads of a task in a ring (by host id) and offers each child the holder
+   * of the piece nearest before it first, so that pieces flow around the ring relayed block by
+   * block, every uplink feeding its successor (docs/p2p.md: faster where the nodes have CPU to
+   * spare, slower where relays break off and the break cascades down the ring).
+   */
+  parentSelection?: 'ring' | 'score'
   /** Half-life of the recent-upload volume the evaluator balances (default 10 s). */
   uploadHalfLifeMs?: number
   /** An origin permit not reported within this is given to someone else (default 2 min). */
@@ -137,6 +147,7 @@ export class PeerSession {
 
 const DEFAULTS = {
   candidateParents: 3,
+  parentSelection: 'score' as 'ring' | 'score',
   originBudgetPerPiece: 1,
   originPermitsPerPeer: 1,
   originConcurrencyPerTask: 4,
@@ -711,7 +722,8 @@ export class SchedulerService {
       return { number: n, action: 'skipped' }
     }
     if (!originOnly && ((complete?.size ?? 0) > 0 || partial.size > 0) && digest !== undefined) {
-      const unique = this.uniqueDemand(task, n)
+      const ring = this.opts.parentSelection === 'ring'
+      const unique = ring ? new Map<string, number>() : this.uniqueDemand(task, n)
       const candidates: CandidateHost[] = []
       for (const id of new Set([...(complete ?? []), ...partial])) {
         const h = this.hosts.get(id)
@@ -720,11 +732,12 @@ export class SchedulerService {
         const ps = h.tasks.get(task.id)
         if (ps !== undefined) for (const w of wanted) if (ps.has(w)) held++
         const isPartial = complete?.has(id) !== true
-        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: unique.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
+        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: ring ? 0 : unique.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
       }
       const childBlocklist = new Set<string>()
       for (const [id, until] of s.blocklist) if (until > now) childBlocklist.add(id)
-      const ranked = this.evaluator.evaluateParents({ childHostId: s.host.info.id, wanted: new Set([n]), candidates, childBlocklist, edges: this.edges(task), limit: Math.max(this.opts.candidateParents, candidates.length) })
+      let ranked = this.evaluator.evaluateParents({ childHostId: s.host.info.id, wanted: new Set([n]), candidates, childBlocklist, edges: this.edges(task), limit: Math.max(this.opts.candidateParents, candidates.length) })
+      if (ring) ranked = ringOrder(ranked, s.host.info.id, [...task.sessions].map(x => x.host.info.id))
       if (ranked.length > 0 && this.copiesInFlight(task, n) >= ranked.length) {
         // Each holder copies a piece to one child at a time: the copies double the holders every
         // round, and no uplink is split between several copies of the same piece.
@@ -795,6 +808,21 @@ export class SchedulerService {
     for (const id of ids) { const h = this.hosts.get(id); if (h !== undefined) hosts.push(h.info) }
     s.sink.assignments({ pieces, hosts })
   }
+}
+
+/**
+ * `ranked` (the evaluator's choice: usable parents only) reordered by ring distance: the holder
+ * nearest before `child` in the ring of the task's downloads (host ids in order) first; ties
+ * (hosts outside the ring) keep the evaluator's order after the others.
+ */
+export function ringOrder<T extends { hostId: string }> (ranked: readonly T[], child: string, ringHosts: readonly string[]): T[] {
+  const ring = [...new Set([...ringHosts, child])].sort()
+  const me = ring.indexOf(child)
+  const dist = (id: string): number => {
+    const i = ring.indexOf(id)
+    return i < 0 ? ring.length : (me - i + ring.length) % ring.length
+  }
+  return ranked.map((r, i) => ({ r, i, d: dist(r.hostId) })).sort((a, b) => a.d - b.d || a.i - b.i).map(x => x.r)
 }
 
 function checkHostInfo (h: HostInfo): void {

@@ -1,7 +1,7 @@
 import { describe, expect, it } from 'vitest'
 import { SchedulerMetrics } from '../../../p2p/metrics.ts'
 import { computePieceDigest, MiB, taskIdFor, type Assignments, type HostInfo } from '../../../p2p/protocol/index.ts'
-import { SchedulerService, type PeerSession } from '../../../p2p/scheduler/service.ts'
+import { ringOrder, SchedulerService, type PeerSession } from '../../../p2p/scheduler/service.ts'
 import { sha256 } from '../../../lib/digest/index.ts'
 import type { NaiadError } from '../../../lib/errors/index.ts'
 
@@ -193,7 +193,7 @@ describe('scheduler service: integrity and blocklists', () => {
     a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 1 })
     const b = open('b')
     b.s.requestPieces([0])
-    expect(b.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    expect((b.last()[0] as { parents: string[] })?.parents[0]).toBe('a')
     b.s.pieceFailed({ number: 0, parentHostId: 'a', reason: 'digest-mismatch', description: 'block 3' })
     expect(svc.listHosts(false).find(h => h.host.id === 'a')?.blocklistedUntil).toBeGreaterThan(0)
     // b asks again: the only holder is blocklisted, so the piece goes to the origin (budget free)
@@ -297,5 +297,54 @@ describe('scheduler service: hosts', () => {
     expect(svc.listHosts(true).map(h => h.host.id)).toEqual(['seed1'])
     expect(svc.listHosts(false).find(h => h.host.id === 'a')?.measuredBandwidth).toBe(Math.round(PL / 0.1))
     expect(svc.listHosts(false).find(h => h.host.id === 'a')?.activeUploads).toBe(0)
+  })
+})
+
+describe('scheduler service: ring parent selection', () => {
+  it('ringOrder: nearest holder before the child first (wrapping), hosts outside the ring last in the given order', () => {
+    const r = (ids: string[]): Array<{ hostId: string }> => ids.map(hostId => ({ hostId }))
+    const ring = ['a', 'b', 'c', 'd', 'e']
+    expect(ringOrder(r(['a', 'b', 'd']), 'c', ring).map(x => x.hostId)).toEqual(['b', 'a', 'd'])
+    expect(ringOrder(r(['c', 'e', 'd']), 'a', ring).map(x => x.hostId)).toEqual(['e', 'd', 'c'])
+    expect(ringOrder(r(['x', 'b', 'y']), 'c', ring).map(x => x.hostId)).toEqual(['b', 'x', 'y'])
+    // the child itself joins the ring if it is not in it yet
+    expect(ringOrder(r(['a', 'd']), 'c', ['a', 'b', 'd']).map(x => x.hostId)).toEqual(['a', 'd'])
+  })
+
+  it('each child is offered first the holder nearest before it: a piece travels around the ring, every uplink feeding its successor', () => {
+    const { open } = setup({ parentSelection: 'ring', candidateParents: 3 })
+    const peers = ['a', 'b', 'c', 'd', 'e'].map(open)
+    const [a, b, c, d, e] = peers as [typeof peers[0], typeof peers[0], typeof peers[0], typeof peers[0], typeof peers[0]]
+    c.s.requestPieces([0])
+    expect(c.last()[0]?.action).toBe('back-to-source')
+    c.s.pieceStarted(0, '')
+    c.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    // d is c's successor: offered c alone (not a holder chosen by score)
+    d.s.requestPieces([0])
+    expect(d.last()[0]).toMatchObject({ action: 'parents', parents: ['c'] }) // (the only holder)
+    d.s.pieceStarted(0, 'c')
+    // e: d relays it as it arrives (a partial holder) and is nearer than c
+    e.s.requestPieces([0])
+    expect((e.last()[0] as { parents: string[] }).parents).toEqual(['d', 'c'])
+    e.s.pieceStarted(0, 'd')
+    // a wraps around to e, b to a
+    a.s.requestPieces([0])
+    expect((a.last()[0] as { parents: string[] }).parents).toEqual(['e', 'd', 'c'])
+    a.s.pieceStarted(0, 'e')
+    b.s.requestPieces([0])
+    expect((b.last()[0] as { parents: string[] })?.parents[0]).toBe('a')
+  })
+
+  it("'score' keeps the evaluator's ranking (several parents offered)", () => {
+    const { open } = setup({ parentSelection: 'score', candidateParents: 3 })
+    const peers = ['a', 'b', 'c'].map(open)
+    const [a, b, c] = peers as [typeof peers[0], typeof peers[0], typeof peers[0]]
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    b.s.requestPieces([0])
+    b.s.pieceStarted(0, 'a')
+    b.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 100 })
+    c.s.requestPieces([0])
+    expect((c.last()[0] as { parents: string[] }).parents.sort()).toEqual(['a', 'b'])
   })
 })
