@@ -6,7 +6,7 @@
  *
  * Decisions for one piece a peer asks for (`decide`):
  * 1. The evaluator ranks the hosts holding it (never the asking host, never a blocklisted one);
- *    with `parentSelection` 'ring' they are then ordered by ring distance (the holder nearest
+ *    with `parentSelection` 'ring' (default) they are then ordered by ring distance (the holder nearest
  *    before the child in the ring of the task's downloads first). If one of them has a free
  *    upload slot, the answer is PARENTS (best first, at most
  *    `candidateParents`) and a slot of the best one is reserved until the peer reports the piece.
@@ -54,11 +54,10 @@ export interface SchedulerOptions {
    */
   originConcurrencyPerTask?: number
   /**
-   * How parents are chosen: 'score' (default) ranks the holders by the evaluator's score alone;
-   * 'ring' orders the downloads of a task in a ring (by host id) and offers each child the holder
-   * of the piece nearest before it first, so that pieces flow around the ring relayed block by
-   * block, every uplink feeding its successor (docs/p2p.md: faster where the nodes have CPU to
-   * spare, slower where relays break off and the break cascades down the ring).
+   * How parents are chosen: 'ring' (default) orders the downloads of a task in a ring (by host
+   * id) and offers each child the holder of the piece nearest before it first, so that pieces
+   * flow around the ring relayed block by block, every uplink feeding its successor
+   * (docs/p2p.md); 'score' ranks the holders by the evaluator's score alone.
    */
   parentSelection?: 'ring' | 'score'
   /** Half-life of the recent-upload volume the evaluator balances (default 10 s). */
@@ -147,7 +146,7 @@ export class PeerSession {
 
 const DEFAULTS = {
   candidateParents: 3,
-  parentSelection: 'score' as 'ring' | 'score',
+  parentSelection: 'ring' as 'ring' | 'score',
   originBudgetPerPiece: 1,
   originPermitsPerPeer: 1,
   originConcurrencyPerTask: 4,
@@ -723,7 +722,7 @@ export class SchedulerService {
     }
     if (!originOnly && ((complete?.size ?? 0) > 0 || partial.size > 0) && digest !== undefined) {
       const ring = this.opts.parentSelection === 'ring'
-      const unique = ring ? new Map<string, number>() : this.uniqueDemand(task, n)
+      const unique = this.uniqueDemand(task, n)
       const candidates: CandidateHost[] = []
       for (const id of new Set([...(complete ?? []), ...partial])) {
         const h = this.hosts.get(id)
@@ -732,7 +731,7 @@ export class SchedulerService {
         const ps = h.tasks.get(task.id)
         if (ps !== undefined) for (const w of wanted) if (ps.has(w)) held++
         const isPartial = complete?.has(id) !== true
-        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: ring ? 0 : unique.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
+        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: ring && !h.info.seed ? 0 : unique.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
       }
       const childBlocklist = new Set<string>()
       for (const [id, until] of s.blocklist) if (until > now) childBlocklist.add(id)
