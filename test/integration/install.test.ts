@@ -109,7 +109,9 @@ describe.skipIf(!existsSync(NAIAD))('naiad install / uninstall into a temporary 
     expect(wrapper).toContain(`exec '${process.execPath}' '/usr/local/lib/naiad/dist/bin/naiad.js' "$@"`)
     expect((await lstat(join(root, 'usr/local/bin/naiad'))).mode & 0o777).toBe(0o755)
     for (const f of ['package.json', 'dist/bin/naiad.js', 'dist/systemd/install.js', 'dist/lib/systemd/index.js', 'lib/proto/containerd/services/snapshots/v1/snapshots.proto',
-      'node_modules/better-sqlite3/package.json', 'node_modules/@grpc/grpc-js/package.json', 'node_modules/smol-toml/package.json', 'systemd/naiad-peer.service']) {
+      'node_modules/better-sqlite3/package.json', 'node_modules/@grpc/grpc-js/package.json', 'node_modules/smol-toml/package.json', 'systemd/naiad-peer.service',
+      // the fsdaemon's native addon (kernel passthrough), where fsdaemon/fuse/native.ts looks for it
+      'fsdaemon/fuse/native/build/Release/naiad_fuse.node']) {
       expect(existsSync(join(home, f)), f).toBe(true)
     }
     // production dependencies only, no sources, tests or benchmarks
