@@ -34,7 +34,7 @@ import { MountCredentials } from './fetch/credentials.ts'
 import { FetchGate } from './fetch/gate.ts'
 import type { ChunkReader, RangeSource } from './types.ts'
 import type { FsdConfig } from './config.ts'
-import { StateStore, naiadMounts, isStaleMount, pidAlive, type MountRecord } from './state.ts'
+import { StateStore, kernelMounts, naiadMounts, isStaleMount, pidAlive, type MountRecord } from './state.ts'
 import { FsdMetrics } from './metrics.ts'
 import type { CacheManager, BlobCacheLease } from './cache/index.ts'
 import { Prefetcher, type PrefetchFile } from './prefetch/index.ts'
@@ -315,14 +315,10 @@ export class FsDaemon {
    */
   private async sweepKernelViews (records: readonly MountRecord[]): Promise<void> {
     const kdir = join(this.cfg.state.dir, 'kernel')
-    let info = ''
-    try {
-      info = await readFile('/proc/self/mountinfo', 'utf8')
-    } catch {}
-    const mps = new Set(info.split('\n').map(l => l.split(' ')[4] ?? '').filter(p => p.startsWith(kdir + '/')))
+    const mps = new Set((await kernelMounts().catch(() => [])).map(m => m.mountpoint).filter(p => p.startsWith(kdir + '/')))
     for (const mp of mps) {
       this.deps.log.info({ mountpoint: mp }, 'detaching the kernel view of a dead daemon')
-      await detach(mp.replace(/\\([0-7]{3})/g, (_, o: string) => String.fromCharCode(parseInt(o, 8))))
+      await detach(mp)
     }
     // their bootstraps and mount points go too (each view writes its own again when it needs
     // it); the mode logs of recorded mounts stay, for the daemon that adopts them

@@ -16,6 +16,7 @@ import { closeSync, constants, existsSync, fstatSync, mkdirSync, openSync, readF
 import { execFile } from 'node:child_process'
 import { promisify } from 'node:util'
 import type { Logger } from '../../lib/log/index.ts'
+import { kernelMounts } from '../state.ts'
 import { nativeFuse, type NativeFuse } from '../fuse/native.ts'
 
 const execFileP = promisify(execFile)
@@ -125,11 +126,6 @@ export class KernelView {
 
 /** Lazily unmounts whatever is mounted at `mp` (a leftover of a dead daemon), if anything. */
 export async function detach (mp: string): Promise<void> {
-  const esc = mp.replace(/[ \t\n\\]/g, (c) => '\\' + c.charCodeAt(0).toString(8).padStart(3, '0'))
-  let info = ''
-  try {
-    info = readFileSync('/proc/self/mountinfo', 'utf8')
-  } catch {}
-  let n = info.split('\n').filter(l => l.split(' ')[4] === esc).length
+  let n = (await kernelMounts().catch(() => [])).filter(m => m.mountpoint === mp).length
   while (n-- > 0) await execFileP('umount', ['-l', mp]).catch(() => {})
 }

@@ -334,8 +334,7 @@ export interface FuseAdoption {
   noOpendir: boolean
   /** The kernel can queue again what a dead daemon read (FUSE_HAS_RESEND, Linux 6.9+). */
   resend: boolean
-  /** Kernel passthrough was negotiated: the session's inode open modes are in `modeLog`. */
-  passthrough?: boolean
+  /** Set when kernel passthrough was negotiated: where the session's inode open modes are logged. */
   modeLog?: string
 }
 
@@ -393,7 +392,7 @@ export class FuseSession {
   /** What a successor needs to adopt this session's connection (after a crash). */
   get adoption (): FuseAdoption | undefined {
     return this.holderPid !== undefined
-      ? { holderPid: this.holderPid, fd: 3, noOpen: this.noOpen, noOpendir: this.noOpendir, resend: this.canResend, ...(this.modes !== undefined ? { passthrough: true, modeLog: this.modes.path } : {}) }
+      ? { holderPid: this.holderPid, fd: 3, noOpen: this.noOpen, noOpendir: this.noOpendir, resend: this.canResend, ...(this.modes?.path !== undefined ? { modeLog: this.modes.path } : {}) }
       : undefined
   }
 
@@ -434,7 +433,7 @@ export class FuseSession {
     this.noOpendir = a.noOpendir
     this.canResend = a.resend
     this.holderPid = a.holderPid
-    if (a.passthrough === true) this.adoptModes(a.modeLog)
+    if (a.modeLog !== undefined) this.adoptModes(a.modeLog)
     this.initDone = true
     this.startReaders()
     // notification: unique 0, the error field carries the code; no payload
@@ -514,7 +513,7 @@ export class FuseSession {
     return true
   }
 
-  private adoptModes (path: string | undefined): void {
+  private adoptModes (path: string): void {
     if (nativeFuse() === undefined) {
       // opens go on through this daemon; an open of an inode that has files open in
       // passthrough fails until those close

@@ -118,6 +118,24 @@ class TaskState {
   pieceCount (): number | undefined {
     return this.size === undefined ? undefined : pieceCount(this.size, this.pieceLength)
   }
+
+  private ringHosts: string[] | undefined
+
+  /** The host ids of the task's downloads in order (parent selection 'ring'); kept until they change. */
+  ring (): string[] {
+    this.ringHosts ??= [...new Set([...this.sessions].map(x => x.host.info.id))].sort()
+    return this.ringHosts
+  }
+
+  addSession (s: PeerSession): void {
+    this.sessions.add(s)
+    this.ringHosts = undefined
+  }
+
+  deleteSession (s: PeerSession): void {
+    this.sessions.delete(s)
+    this.ringHosts = undefined
+  }
 }
 
 /** One download: one AnnouncePeer stream. */
@@ -278,7 +296,7 @@ export class SchedulerService {
     }
     const s = new PeerSession(r.peerId, h, task, sink, this)
     this.sessions.set(r.peerId, s)
-    task.sessions.add(s)
+    task.addSession(s)
     h.sessions.add(s)
     task.lastActive = this.now()
     this.metrics?.activePeers.set(this.sessions.size)
@@ -424,7 +442,7 @@ export class SchedulerService {
     if (s.closed) return
     s.closed = true
     for (const n of [...s.transfers.keys(), ...s.permits, ...s.waiting]) this.releasePiece(s, n)
-    s.task.sessions.delete(s)
+    s.task.deleteSession(s)
     s.host.sessions.delete(s)
     if (this.sessions.get(s.peerId) === s) this.sessions.delete(s.peerId)
     this.metrics?.activePeers.set(this.sessions.size)
@@ -722,21 +740,23 @@ export class SchedulerService {
     }
     if (!originOnly && ((complete?.size ?? 0) > 0 || partial.size > 0) && digest !== undefined) {
       const ring = this.opts.parentSelection === 'ring'
-      const unique = this.uniqueDemand(task, n)
+      const holders = new Set([...(complete ?? []), ...partial])
+      // (in the ring only seeds keep the "alone holds other pieces" filter: a pass over every piece)
+      const unique = !ring || [...holders].some(id => this.hosts.get(id)?.info.seed === true) ? this.uniqueDemand(task, n) : undefined
       const candidates: CandidateHost[] = []
-      for (const id of new Set([...(complete ?? []), ...partial])) {
+      for (const id of holders) {
         const h = this.hosts.get(id)
         if (h === undefined) continue
         let held = 0
         const ps = h.tasks.get(task.id)
         if (ps !== undefined) for (const w of wanted) if (ps.has(w)) held++
         const isPartial = complete?.has(id) !== true
-        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: ring && !h.info.seed ? 0 : unique.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
+        candidates.push({ ...this.candidate(h, Math.max(1, held), now, task.pieceLength), uniqueDemand: ring && !h.info.seed ? 0 : unique?.get(id) ?? 0, ...(isPartial ? { partial: true } : {}) })
       }
       const childBlocklist = new Set<string>()
       for (const [id, until] of s.blocklist) if (until > now) childBlocklist.add(id)
       let ranked = this.evaluator.evaluateParents({ childHostId: s.host.info.id, wanted: new Set([n]), candidates, childBlocklist, edges: this.edges(task), limit: Math.max(this.opts.candidateParents, candidates.length) })
-      if (ring) ranked = ringOrder(ranked, s.host.info.id, [...task.sessions].map(x => x.host.info.id))
+      if (ring) ranked = ringOrder(ranked, s.host.info.id, task.ring())
       if (ranked.length > 0 && this.copiesInFlight(task, n) >= ranked.length) {
         // Each holder copies a piece to one child at a time: the copies double the holders every
         // round, and no uplink is split between several copies of the same piece.
@@ -811,11 +831,11 @@ export class SchedulerService {
 
 /**
  * `ranked` (the evaluator's choice: usable parents only) reordered by ring distance: the holder
- * nearest before `child` in the ring of the task's downloads (host ids in order) first; ties
- * (hosts outside the ring) keep the evaluator's order after the others.
+ * nearest before `child` in the ring of the task's downloads (`ringHosts`: host ids, sorted)
+ * first; ties (hosts outside the ring) keep the evaluator's order after the others.
  */
 export function ringOrder<T extends { hostId: string }> (ranked: readonly T[], child: string, ringHosts: readonly string[]): T[] {
-  const ring = [...new Set([...ringHosts, child])].sort()
+  const ring = ringHosts.includes(child) ? ringHosts : [...ringHosts, child].sort()
   const me = ring.indexOf(child)
   const dist = (id: string): number => {
     const i = ring.indexOf(id)
