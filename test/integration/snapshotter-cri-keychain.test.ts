@@ -161,11 +161,15 @@ describe.skipIf(!ready)('CRI keychain: naiad ImageService proxy in front of cont
     const res = await call(join(base, 'snap-cri.sock'), 'PullImage', { image: { image: nydus }, auth: { auth: Buffer.from(`${USER}:${PASSWORD}`).toString('base64') } })
       .catch((err: Error) => { throw new Error(`PullImage: ${err.message}${logs()}`) })
     expect(String(res['imageRef'])).toMatch(/^sha256:[0-9a-f]{64}$/)
-    const out = await ctd!.ctr('k8s.io', ['run', '--rm', '--snapshotter', 'nydus', nydus, `cri-private-${process.pid}`, '/bin/busybox', 'cat', '/hello.txt'])
+    // (no --rm: the container's snapshot keeps the image's mount in use until it is listed below;
+    // once the container is gone, containerd's GC may have the snapshotter release the mount)
+    const name = `cri-private-${process.pid}`
+    const out = await ctd!.ctr('k8s.io', ['run', '--snapshotter', 'nydus', nydus, name, '/bin/busybox', 'cat', '/hello.txt'])
       .catch((err: Error) => { throw new Error(`${err.message}${logs()}`) })
     expect(out).toBe('private image\n')
     // served lazily: the fsdaemon mounted the image and read its blob from the registry
     const mounts = await new FsdClient({ socketPath: join(base, 'fsd.sock') }).list()
+    await ctd!.ctr('k8s.io', ['containers', 'rm', name])
     const m = mounts.find((x) => x.image === nydus)
     expect(m, JSON.stringify(mounts)).toBeDefined()
     const fetched = m!.blobs.reduce((n, b) => n + Object.values(b.bytesFetched).reduce((a, x) => a + x, 0), 0)
