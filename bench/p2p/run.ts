@@ -10,6 +10,8 @@
  *                        [--chunk 1MiB] [--concurrency 4] [--skip-direct] [--json out.json]
  *                        [--origin-read-ahead K] [--parent-selection score|ring] [--cpu-prof DIR (profiles peers p1 and p9 and the reader of p1)]
  *
+ * `--transfers`: runs the peers at log level debug and prints, per peer, the transfers in flight, each
+ * transfer's rate, the wait for an assignment and the sources (bench/p2p/transfers.ts).
  * `--queue-ms`: tbf's queue on every link (ms of its rate). `--verbose` adds per-peer sources, CPU
  * use, the scheduler's assignments and a timeline of the origin link's use and the peers' mean
  * download rate per 5 s (from the switch's counters).
@@ -25,6 +27,7 @@ import { fileURLToPath } from 'node:url'
 import { parseArgs } from 'node:util'
 import { parseSize } from '../../lib/config/index.ts'
 import { canUseNetns, killChild, NetLab, NetnsRegistry } from '../../test/helpers/netns.ts'
+import { parsePieceLines, transferStats } from './transfers.ts'
 
 const ROOT = fileURLToPath(new URL('../../../', import.meta.url))
 const NAIAD = join(ROOT, 'dist/bin/naiad.js')
@@ -54,7 +57,8 @@ const { values: a } = parseArgs({
     'origin-per-peer': { type: 'string' },
     'origin-read-ahead': { type: 'string' },
     'cpu-prof': { type: 'string' },
-    'peer-node-options': { type: 'string' }
+    'peer-node-options': { type: 'string' },
+    transfers: { type: 'boolean', default: false }
   }
 })
 
@@ -145,7 +149,7 @@ async function runOne (n: number): Promise<Row> {
         '[download]', `piece_length = "${a['piece-length']}"`, ...opt('read_ahead_pieces', a['read-ahead']), ...opt('concurrent_pieces', a['concurrent-pieces']), ...opt('origin_read_ahead_pieces', a['origin-read-ahead']),
         '[scheduler]', `address = "${sched.ip}:65010"`, 'heartbeat_interval = "1s"',
         '[storage]', `dir = "${join(dir, 'store', h)}"`, 'quota = "4GiB"',
-        '[log]', `level = "${a['log-level']}"`
+        '[log]', `level = "${a.transfers ? 'debug' : a['log-level']}"`
       ].join('\n') + '\n')
       const prof = a['cpu-prof'] !== undefined && (h === 'p1' || h === 'p9') ? ['--cpu-prof', '--cpu-prof-dir', a['cpu-prof'], '--cpu-prof-name', `peer-${h}.cpuprofile`] : []
       const nodeOpts = a['peer-node-options']?.split(' ').filter(x => x !== '') ?? []
@@ -204,6 +208,16 @@ async function runOne (n: number): Promise<Row> {
       }
       const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
       process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')}\n`)
+    }
+    if (a.transfers) {
+      const { readFile } = await import('node:fs/promises')
+      const pieceBytes = parseSize(a['piece-length']) ?? 4 * 1024 * 1024
+      process.stderr.write(`  transfers per peer (from the debug logs): pieces, transfers in flight (mean; share of the time with >= ${a['concurrent-pieces'] ?? 4}), Mbit/s per transfer, wait for an assignment per piece, from the origin, from the ring predecessor\n`)
+      for (const h of names) {
+        const s = transferStats(parsePieceLines(await readFile(join(dir, `${h}.log`), 'utf8').catch(() => '')), h, names, pieceBytes, Number(a['concurrent-pieces'] ?? 4))
+        if (s === undefined) continue
+        process.stderr.write(`    ${h}: ${s.pieces} pieces in ${s.spanSeconds.toFixed(0)} s, in flight ${s.meanInFlight.toFixed(2)} (${(100 * s.shareFull).toFixed(0)} %), ${s.meanTransferMbit.toFixed(1)} Mbit/s each, wait ${s.meanPlanSeconds.toFixed(1)} s, origin ${s.fromOrigin}, predecessor ${s.fromPredecessor}\n`)
+      }
     }
     const b = bound(n)
     process.stderr.write(`N=${n}: p2p took ${p2pSeconds.toFixed(1)} s (bound ${b.toFixed(1)} s), registry ${registryRatio.toFixed(3)}×\n`)
