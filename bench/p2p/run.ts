@@ -207,16 +207,16 @@ async function runOne (n: number): Promise<Row> {
         process.stderr.write(`  links (share of ${RATE} Mbit/s; peers: mean download): ${line.join(', ')}\n`)
       }
       const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
-      process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')}\n`)
+      process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')} (${['no_source', 'no_usable_holder', 'copying', 'slots'].map(r => `${r} ${get(st, `naiad_p2p_scheduler_waits_total{reason="${r}"}`)}`).join(', ')})\n`)
     }
     if (a.transfers) {
       const { readFile } = await import('node:fs/promises')
       const pieceBytes = parseSize(a['piece-length']) ?? 4 * 1024 * 1024
-      process.stderr.write(`  transfers per peer (from the debug logs): pieces, transfers in flight (mean; share of the time with >= ${a['concurrent-pieces'] ?? 4}), Mbit/s per transfer, wait for an assignment per piece, from the origin, from the ring predecessor\n`)
+      process.stderr.write(`  transfers per peer (from the debug logs): pieces, transfers in flight (mean; share of the time with >= ${a['concurrent-pieces'] ?? 4}), Mbit/s per transfer, wait for an assignment and then for a transfer slot per piece, from the origin, from the ring predecessor\n`)
       for (const h of names) {
         const s = transferStats(parsePieceLines(await readFile(join(dir, `${h}.log`), 'utf8').catch(() => '')), h, names, pieceBytes, Number(a['concurrent-pieces'] ?? 4))
         if (s === undefined) continue
-        process.stderr.write(`    ${h}: ${s.pieces} pieces in ${s.spanSeconds.toFixed(0)} s, in flight ${s.meanInFlight.toFixed(2)} (${(100 * s.shareFull).toFixed(0)} %), ${s.meanTransferMbit.toFixed(1)} Mbit/s each, wait ${s.meanPlanSeconds.toFixed(1)} s, origin ${s.fromOrigin}, predecessor ${s.fromPredecessor}\n`)
+        process.stderr.write(`    ${h}: ${s.pieces} pieces in ${s.spanSeconds.toFixed(0)} s, in flight ${s.meanInFlight.toFixed(2)} (${(100 * s.shareFull).toFixed(0)} %), ${s.meanTransferMbit.toFixed(1)} Mbit/s each, wait ${s.meanPlanSeconds.toFixed(1)} + ${s.meanSlotSeconds.toFixed(1)} s, origin ${s.fromOrigin}, predecessor ${s.fromPredecessor}\n`)
       }
     }
     const b = bound(n)

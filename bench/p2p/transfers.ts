@@ -14,6 +14,8 @@ export interface PieceLine {
   source: string
   transferMs: number
   planMs: number
+  /** Wait for a transfer slot after the assignment came. */
+  slotMs: number
 }
 
 export interface TransferStats {
@@ -28,6 +30,8 @@ export interface TransferStats {
   meanTransferMbit: number
   /** Mean wait for an assignment per piece (s). */
   meanPlanSeconds: number
+  /** Mean wait for a transfer slot after the assignment, per piece (s). */
+  meanSlotSeconds: number
   /** Pieces from the origin. */
   fromOrigin: number
   /** Pieces from the host just before this one in the sorted ring of host ids. */
@@ -43,7 +47,7 @@ export function parsePieceLines (log: string): PieceLine[] {
     try { r = JSON.parse(l) as Record<string, unknown> } catch { continue }
     const at = Date.parse(String(r.time))
     if (!Number.isFinite(at) || typeof r.pieceNum !== 'number' || typeof r.transferMs !== 'number') continue
-    out.push({ at, pieceNum: r.pieceNum, source: r.source === 'origin' ? 'O' : String(r.parent ?? '?'), transferMs: r.transferMs, planMs: typeof r.planMs === 'number' ? r.planMs : 0 })
+    out.push({ at, pieceNum: r.pieceNum, source: r.source === 'origin' ? 'O' : String(r.parent ?? '?'), transferMs: r.transferMs, planMs: typeof r.planMs === 'number' ? r.planMs : 0, slotMs: typeof r.slotMs === 'number' ? r.slotMs : 0 })
   }
   return out
 }
@@ -82,6 +86,7 @@ export function transferStats (lines: readonly PieceLine[], host: string, ring: 
     shareFull: full / span,
     meanTransferMbit: rates.length === 0 ? 0 : rates.reduce((a, b) => a + b, 0) / rates.length,
     meanPlanSeconds: lines.reduce((a, l) => a + l.planMs, 0) / lines.length / 1000,
+    meanSlotSeconds: lines.reduce((a, l) => a + l.slotMs, 0) / lines.length / 1000,
     fromOrigin: lines.filter(l => l.source === 'O').length,
     fromPredecessor: pred === undefined ? 0 : lines.filter(l => l.source === pred).length
   }

@@ -761,12 +761,14 @@ export class SchedulerService {
         // Each holder copies a piece to one child at a time: the copies double the holders every
         // round, and no uplink is split between several copies of the same piece.
         this.metrics?.assignments.inc({ action: 'wait' })
+        this.metrics?.waits.inc({ reason: 'copying' })
         return { number: n, action: 'wait' }
       }
       if (ranked.length > 0) {
         const free = ranked.filter(r => { const h = this.hosts.get(r.hostId); return h !== undefined && h.assigned < Math.max(1, h.info.uploadConcurrency) })
         if (free.length === 0) {
           this.metrics?.assignments.inc({ action: 'wait' })
+          this.metrics?.waits.inc({ reason: 'slots' })
           return { number: n, action: 'wait' }
         }
         const parents = free.slice(0, this.opts.candidateParents).map(r => r.hostId)
@@ -788,6 +790,7 @@ export class SchedulerService {
       return { number: n, action: 'back-to-source' }
     }
     this.metrics?.assignments.inc({ action: 'wait' })
+    this.metrics?.waits.inc({ reason: (complete?.size ?? 0) > 0 || partial.size > 0 ? 'no_usable_holder' : 'no_source' })
     return { number: n, action: 'wait' }
   }
 

@@ -9,7 +9,7 @@ describe('bench/p2p transfer statistics', () => {
   const log = [
     line(10_000, 0, { source: 'origin', transferMs: 8000, planMs: 100 }), // 2–10 s
     line(12_000, 1, { source: 'peer', parent: 'p9', transferMs: 8000, planMs: 3000 }), // 4–12 s
-    line(12_000, 2, { source: 'peer', parent: 'p3', transferMs: 4000, planMs: 0 }), // 8–12 s
+    line(12_000, 2, { source: 'peer', parent: 'p3', transferMs: 4000, planMs: 0, slotMs: 600 }), // 8–12 s
     '{"level":"info","msg":"blob complete and verified"}',
     'not json "piece fetched"'
   ].join('\n')
@@ -32,6 +32,7 @@ describe('bench/p2p transfer statistics', () => {
     const mbit = (ms: number): number => 4 * MiB * 8 / 1e6 / (ms / 1000)
     expect(s.meanTransferMbit).toBeCloseTo((mbit(8000) * 2 + mbit(4000)) / 3, 5)
     expect(s.meanPlanSeconds).toBeCloseTo(3.1 / 3, 5)
+    expect(s.meanSlotSeconds).toBeCloseTo(0.2, 5)
     expect(s.fromOrigin).toBe(1)
     // sorted as strings: p1, p10, p2, p3, p9 → p10's predecessor is p1, p1's is p9
     expect(s.fromPredecessor).toBe(0)

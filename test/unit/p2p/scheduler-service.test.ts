@@ -132,6 +132,48 @@ describe('scheduler service: origin budget', () => {
   })
 })
 
+describe('scheduler service: why a request waits (naiad_p2p_scheduler_waits_total)', () => {
+  it('counts no_source, copying and slots', async () => {
+    const { svc, open, metrics } = setup()
+    const count = async (reason: string): Promise<number> => Number(new RegExp(`naiad_p2p_scheduler_waits_total\\{reason="${reason}"\\} (\\d+)`).exec(await metrics.registry.metrics())?.[1] ?? 0)
+    const [a, b, c, d] = ['a', 'b', 'c', 'd'].map(open) as [ReturnType<typeof open>, ReturnType<typeof open>, ReturnType<typeof open>, ReturnType<typeof open>]
+    a.s.requestPieces([0])
+    b.s.requestPieces([0])
+    // a holds the only origin permit; nobody holds the piece
+    expect(b.last()[0]?.action).toBe('wait')
+    expect(await count('no_source')).toBe(1)
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    expect(b.last()[0]?.action).toBe('parents')
+    // a (the only holder) is copying it to b, which has not started yet: c waits
+    c.s.requestPieces([0])
+    expect(c.last()[0]?.action).toBe('wait')
+    expect(await count('copying')).toBeGreaterThanOrEqual(1)
+    // b finishes: c is served and finishes too. a, b and c now have one upload slot each; a's and
+    // b's are taken by copies of pieces 1 and 2 (fetched from the origin by a and b)
+    b.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
+    expect(c.last()[0]?.action).toBe('parents')
+    c.s.pieceStarted(0, (c.last()[0] as { parents: string[] }).parents[0] as string)
+    c.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
+    for (const id of ['a', 'b', 'c']) svc.announceHost(host(id, { uploadConcurrency: 1 }))
+    for (const [n, x] of [[1, a], [2, b]] as const) {
+      x.s.requestPieces([n])
+      x.s.pieceFinished({ digest: piece(n), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    }
+    const e = open('e')
+    e.s.requestPieces([1, 2])
+    expect(e.last().map(x => x.action)).toEqual(['parents', 'parents'])
+    expect(await count('slots')).toBe(0)
+    // d asking for 0 gets c, the only holder with a free slot
+    d.s.requestPieces([0])
+    expect(d.last()[0]).toMatchObject({ action: 'parents', parents: ['c'] })
+    // the next one finds three holders and one copy in flight, but no free slot
+    const f = open('f')
+    f.s.requestPieces([0])
+    expect(f.last()[0]?.action).toBe('wait')
+    expect(await count('slots')).toBe(1)
+  })
+})
+
 describe('scheduler service: origin read-ahead (origin-only requests)', () => {
   it('grants only pieces nobody holds, receives or fetches, under the origin budget; skips the others, never parents', async () => {
     const { open, metrics } = setup({ originConcurrencyPerTask: 2, originPermitsPerPeer: 2 })
