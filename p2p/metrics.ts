@@ -69,7 +69,8 @@ export class SchedulerMetrics {
   /**
    * Why a request was answered WAIT: no_source (nobody holds or receives the piece and the origin
    * budget is spent), no_usable_holder (holders, none usable: blocklisted, a cycle), copying (every
-   * holder is copying it to someone already), slots (no holder has a free upload slot).
+   * holder is copying it to someone already), slots (no holder has a free upload slot),
+   * predecessor (ring: the child's predecessor is about to receive it and will relay it).
    */
   readonly waits: Counter<'reason'>
   /** Piece reports by source and outcome. */
@@ -87,7 +88,7 @@ export class SchedulerMetrics {
     this.tasks = new Gauge({ name: 'naiad_p2p_scheduler_tasks', help: 'tasks known', registers })
     this.activePeers = new Gauge({ name: 'naiad_p2p_scheduler_active_peers', help: 'downloads in progress (open AnnouncePeer streams)', registers })
     this.assignments = new Counter({ name: 'naiad_p2p_scheduler_assignments_total', help: 'piece assignments by action (parents, back_to_source, wait, skipped)', labelNames: ['action'], registers })
-    this.waits = new Counter({ name: 'naiad_p2p_scheduler_waits_total', help: 'WAIT answers by reason (no_source, no_usable_holder, copying, slots)', labelNames: ['reason'], registers })
+    this.waits = new Counter({ name: 'naiad_p2p_scheduler_waits_total', help: 'WAIT answers by reason (no_source, no_usable_holder, copying, slots, predecessor)', labelNames: ['reason'], registers })
     this.pieceReports = new Counter({ name: 'naiad_p2p_scheduler_piece_reports_total', help: 'piece reports by source (origin, peer) and result (finished, failed, rejected)', labelNames: ['source', 'result'], registers })
     this.blocklisted = new Counter({ name: 'naiad_p2p_scheduler_blocklisted_total', help: 'hosts put on the cluster-wide blocklist, by reason (digest_mismatch, failures)', labelNames: ['reason'], registers })
     this.blocklistSize = new Gauge({ name: 'naiad_p2p_scheduler_blocklisted_hosts', help: 'hosts on the cluster-wide blocklist now', registers })

@@ -207,7 +207,7 @@ async function runOne (n: number): Promise<Row> {
         process.stderr.write(`  links (share of ${RATE} Mbit/s; peers: mean download): ${line.join(', ')}\n`)
       }
       const st = await lab.curl('sched', 'http://127.0.0.1:65011/metrics') ?? ''
-      process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')} (${['no_source', 'no_usable_holder', 'copying', 'slots'].map(r => `${r} ${get(st, `naiad_p2p_scheduler_waits_total{reason="${r}"}`)}`).join(', ')})\n`)
+      process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')} (${['no_source', 'no_usable_holder', 'copying', 'slots', 'predecessor'].map(r => `${r} ${get(st, `naiad_p2p_scheduler_waits_total{reason="${r}"}`)}`).join(', ')})\n`)
     }
     if (a.transfers) {
       const { readFile } = await import('node:fs/promises')

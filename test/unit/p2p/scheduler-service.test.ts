@@ -134,7 +134,7 @@ describe('scheduler service: origin budget', () => {
 
 describe('scheduler service: why a request waits (naiad_p2p_scheduler_waits_total)', () => {
   it('counts no_source, copying and slots', async () => {
-    const { svc, open, metrics } = setup()
+    const { svc, open, metrics } = setup({ parentSelection: 'score' })
     const count = async (reason: string): Promise<number> => Number(new RegExp(`naiad_p2p_scheduler_waits_total\\{reason="${reason}"\\} (\\d+)`).exec(await metrics.registry.metrics())?.[1] ?? 0)
     const [a, b, c, d] = ['a', 'b', 'c', 'd'].map(open) as [ReturnType<typeof open>, ReturnType<typeof open>, ReturnType<typeof open>, ReturnType<typeof open>]
     a.s.requestPieces([0])
@@ -149,19 +149,22 @@ describe('scheduler service: why a request waits (naiad_p2p_scheduler_waits_tota
     expect(c.last()[0]?.action).toBe('wait')
     expect(await count('copying')).toBeGreaterThanOrEqual(1)
     // b finishes: c is served and finishes too. a, b and c now have one upload slot each; a's and
-    // b's are taken by copies of pieces 1 and 2 (fetched from the origin by a and b)
+    // b's are taken by copies of piece 1 (which both hold) to e and g
     b.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
     expect(c.last()[0]?.action).toBe('parents')
     c.s.pieceStarted(0, (c.last()[0] as { parents: string[] }).parents[0] as string)
     c.s.pieceFinished({ digest: piece(0), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
     for (const id of ['a', 'b', 'c']) svc.announceHost(host(id, { uploadConcurrency: 1 }))
-    for (const [n, x] of [[1, a], [2, b]] as const) {
-      x.s.requestPieces([n])
-      x.s.pieceFinished({ digest: piece(n), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    a.s.requestPieces([1])
+    a.s.pieceFinished({ digest: piece(1), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    b.s.requestPieces([1])
+    b.s.pieceStarted(1, 'a')
+    b.s.pieceFinished({ digest: piece(1), source: 'peer', parentHostId: 'a', length: PL, costMs: 50 })
+    for (const id of ['e', 'g']) {
+      const x = open(id)
+      x.s.requestPieces([1])
+      expect(x.last()[0]?.action).toBe('parents')
     }
-    const e = open('e')
-    e.s.requestPieces([1, 2])
-    expect(e.last().map(x => x.action)).toEqual(['parents', 'parents'])
     expect(await count('slots')).toBe(0)
     // d asking for 0 gets c, the only holder with a free slot
     d.s.requestPieces([0])
@@ -366,15 +369,57 @@ describe('scheduler service: ring parent selection', () => {
     expect(d.last()[0]).toMatchObject({ action: 'parents', parents: ['c'] }) // (the only holder)
     d.s.pieceStarted(0, 'c')
     // e: d relays it as it arrives (a partial holder) and is nearer than c
+    // (its predecessor, copying the piece to nobody else: offered alone)
     e.s.requestPieces([0])
-    expect((e.last()[0] as { parents: string[] }).parents).toEqual(['d', 'c'])
+    expect((e.last()[0] as { parents: string[] }).parents).toEqual(['d'])
     e.s.pieceStarted(0, 'd')
     // a wraps around to e, b to a
     a.s.requestPieces([0])
-    expect((a.last()[0] as { parents: string[] }).parents).toEqual(['e', 'd', 'c'])
+    expect((a.last()[0] as { parents: string[] }).parents).toEqual(['e'])
     a.s.pieceStarted(0, 'e')
     b.s.requestPieces([0])
-    expect((b.last()[0] as { parents: string[] })?.parents[0]).toBe('a')
+    expect((b.last()[0] as { parents: string[] }).parents).toEqual(['a'])
+  })
+
+  it('a child waits for its predecessor when that is about to receive the piece, then gets it from it; otherwise the nearest holder', async () => {
+    const { open, metrics } = setup({ parentSelection: 'ring', candidateParents: 3 })
+    const peers = ['a', 'b', 'c', 'd'].map(open)
+    const [a, b, c, d] = peers as [typeof peers[0], typeof peers[0], typeof peers[0], typeof peers[0]]
+    a.s.requestPieces([0])
+    a.s.pieceFinished({ digest: piece(0), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    // b is assigned a; c (b's successor) asks before b started: it waits for b, not for a's uplink
+    b.s.requestPieces([0])
+    expect(b.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+    c.s.requestPieces([0])
+    expect(c.last()[0]?.action).toBe('wait')
+    expect(await metrics.registry.metrics()).toMatch(/naiad_p2p_scheduler_waits_total\{reason="predecessor"\} 1\n/)
+    // b starts receiving: c is served, from b alone
+    b.s.pieceStarted(0, 'a')
+    expect(c.last()[0]).toMatchObject({ action: 'parents', parents: ['b'] })
+    // piece 1: held by a; d asks while its predecessor c does not want it: the nearest holder
+    a.s.requestPieces([1])
+    a.s.pieceFinished({ digest: piece(1), source: 'origin', parentHostId: '', length: PL, costMs: 100 })
+    d.s.requestPieces([1])
+    expect(d.last()[0]).toMatchObject({ action: 'parents', parents: ['a'] })
+  })
+
+  it('no waiting in a circle: when every download waits for a piece only a host outside the ring holds, one of them is served', () => {
+    const { svc, open } = setup({ parentSelection: 'ring', candidateParents: 3 })
+    svc.announceHost(host('r', { uploadConcurrency: 1 }))
+    svc.announceTasks('r', [{ taskId: TASK, digest: DIGEST, contentLength: SIZE, pieceLength: PL, pieces: [piece(0), piece(1)], complete: false }], true)
+    const peers = ['a', 'b', 'c'].map(open)
+    const [a, b, c] = peers as [typeof peers[0], typeof peers[0], typeof peers[0]]
+    // r's only upload slot copies piece 1 to a; then everyone asks for piece 0 and waits
+    a.s.requestPieces([1])
+    expect(a.last()[0]).toMatchObject({ action: 'parents', parents: ['r'] })
+    for (const x of [b, c, a]) {
+      x.s.requestPieces([0])
+      expect(x.last()[0]?.action).toBe('wait')
+    }
+    a.s.pieceStarted(1, 'r')
+    a.s.pieceFinished({ digest: piece(1), source: 'peer', parentHostId: 'r', length: PL, costMs: 50 })
+    const served = peers.filter(x => x.sink.got.some(g => g.pieces.some(p => p.number === 0 && p.action === 'parents')))
+    expect(served).toHaveLength(1)
   })
 
   it("'score' keeps the evaluator's ranking (several parents offered)", () => {
