@@ -20,7 +20,7 @@
  */
 import { randomBytes } from 'node:crypto'
 import type { ChildProcess } from 'node:child_process'
-import { mkdtemp, rm, writeFile } from 'node:fs/promises'
+import { mkdtemp, readFile, rm, writeFile } from 'node:fs/promises'
 import { tmpdir } from 'node:os'
 import { join } from 'node:path'
 import { fileURLToPath } from 'node:url'
@@ -90,7 +90,6 @@ const BPS = RATE * 1e6 / 8
 
 /** /proc/stat's first line: user nice system idle iowait irq softirq steal (ticks of 10 ms). */
 async function cpuTicks (): Promise<number[]> {
-  const { readFile } = await import('node:fs/promises')
   return (await readFile('/proc/stat', 'utf8')).split('\n')[0]?.trim().split(/\s+/).slice(1, 9).map(Number) ?? []
 }
 
@@ -185,7 +184,6 @@ async function runOne (n: number): Promise<Row> {
         const mb = (x: number): string => (x / 1024 / 1024).toFixed(0)
         process.stderr.write(`  ${h}: origin ${mb(get(t, 'naiad_p2p_peer_piece_bytes_total{source="origin"}'))} MiB, peers ${mb(get(t, 'naiad_p2p_peer_piece_bytes_total{source="peer"}'))} MiB, uploaded ${mb(get(t, 'naiad_p2p_peer_upload_bytes_total'))} MiB, busy refusals ${get(t, 'naiad_p2p_peer_upload_rejected_total{reason="busy"}')}, parent failures ${get(t, 'naiad_p2p_peer_parent_failures_total')}, reader ${((rs[names.indexOf(h)]?.ms ?? 0) / 1000).toFixed(1)} s\n`)
       }
-      const { readFile } = await import('node:fs/promises')
       const cpu = async (pid: number | undefined): Promise<number> => {
         const f = (await readFile(`/proc/${pid}/stat`, 'utf8').catch(() => '')).split(') ')[1]?.split(' ') ?? []
         return (Number(f[11] ?? 0) + Number(f[12] ?? 0)) / 100
@@ -210,11 +208,11 @@ async function runOne (n: number): Promise<Row> {
       process.stderr.write(`  scheduler: assignments parents ${get(st, 'naiad_p2p_scheduler_assignments_total{action="parents"}')}, back_to_source ${get(st, 'naiad_p2p_scheduler_assignments_total{action="back_to_source"}')}, wait ${get(st, 'naiad_p2p_scheduler_assignments_total{action="wait"}')} (${['no_source', 'no_usable_holder', 'copying', 'slots', 'predecessor'].map(r => `${r} ${get(st, `naiad_p2p_scheduler_waits_total{reason="${r}"}`)}`).join(', ')})\n`)
     }
     if (a.transfers) {
-      const { readFile } = await import('node:fs/promises')
       const pieceBytes = parseSize(a['piece-length']) ?? 4 * 1024 * 1024
-      process.stderr.write(`  transfers per peer (from the debug logs): pieces, transfers in flight (mean; share of the time with >= ${a['concurrent-pieces'] ?? 4}), Mbit/s per transfer, wait for an assignment and then for a transfer slot per piece, from the origin, from the ring predecessor\n`)
+      const full = Number(a['concurrent-pieces'] ?? 4)
+      process.stderr.write(`  transfers per peer (from the debug logs): pieces, transfers in flight (mean; share of the time with >= ${full}), Mbit/s per transfer, wait for an assignment and then for a transfer slot per piece, from the origin, from the ring predecessor\n`)
       for (const h of names) {
-        const s = transferStats(parsePieceLines(await readFile(join(dir, `${h}.log`), 'utf8').catch(() => '')), h, names, pieceBytes, Number(a['concurrent-pieces'] ?? 4))
+        const s = transferStats(parsePieceLines(await readFile(join(dir, `${h}.log`), 'utf8').catch(() => '')), h, names, pieceBytes, full)
         if (s === undefined) continue
         process.stderr.write(`    ${h}: ${s.pieces} pieces in ${s.spanSeconds.toFixed(0)} s, in flight ${s.meanInFlight.toFixed(2)} (${(100 * s.shareFull).toFixed(0)} %), ${s.meanTransferMbit.toFixed(1)} Mbit/s each, wait ${s.meanPlanSeconds.toFixed(1)} + ${s.meanSlotSeconds.toFixed(1)} s, origin ${s.fromOrigin}, predecessor ${s.fromPredecessor}\n`)
       }

@@ -668,39 +668,39 @@ export class SchedulerService {
   }
 
   /**
-   * The download nearest before `s` in the task's ring whose host is not blocklisted (cluster-wide
-   * or by `s`), or undefined.
+   * The downloads before `s` in the task's ring, nearest first, once around (not `s` again): each
+   * one the nearest before the previous (`s` first) whose host is not blocklisted cluster-wide or
+   * by that previous download. One pass over the ring, whatever is taken of it.
    */
-  private ringPredecessor (task: TaskState, s: PeerSession, now: number): PeerSession | undefined {
+  private * ringBefore (task: TaskState, s: PeerSession, now: number): Generator<PeerSession> {
     const ring = task.ring()
     const me = ring.indexOf(s.host.info.id)
-    if (me < 0 || ring.length < 2) return undefined
+    if (me < 0) return
+    let cur = s
     for (let i = 1; i < ring.length; i++) {
       const id = ring[(me - i + ring.length) % ring.length] as string
       const h = this.hosts.get(id)
-      if (h === undefined || h.blocklistedUntil > now || (s.blocklist.get(id) ?? 0) > now) continue
-      for (const x of h.sessions) if (x.task === task && !x.closed) return x
+      if (h === undefined || h.blocklistedUntil > now || (cur.blocklist.get(id) ?? 0) > now) continue
+      let next: PeerSession | undefined
+      for (const x of h.sessions) if (x.task === task && !x.closed) { next = x; break }
+      if (next === undefined) continue
+      yield next
+      cur = next
     }
-    return undefined
   }
 
   /**
-   * True when piece n is on its way around the ring to `s`: walking back from its predecessor
-   * over downloads that wait for n too, one holds or receives it, is assigned a parent for it or
+   * True when piece n is on its way around the ring to `s`'s predecessor: walking back over
+   * downloads that wait for n too, one holds or receives it, is assigned a parent for it or
    * fetches it from the origin. False when the walk meets a download that does not want n, or
-   * comes back to `s` (everyone waiting for everyone: the holders are outside the ring).
+   * comes back around (everyone waiting for everyone: the holders are outside the ring).
    */
-  private comingAround (task: TaskState, s: PeerSession, n: number, now: number, holders: ReadonlySet<string>): boolean {
-    const seen = new Set<PeerSession>([s])
-    let cur = s
-    for (;;) {
-      const p = this.ringPredecessor(task, cur, now)
-      if (p === undefined || seen.has(p)) return false
-      seen.add(p)
+  private comingAround (pred: PeerSession, further: Iterator<PeerSession>, n: number, holders: ReadonlySet<string>): boolean {
+    for (let p: PeerSession | undefined = pred; p !== undefined; p = further.next().value ?? undefined) {
       if (holders.has(p.host.info.id) || p.transfers.has(n) || p.permits.has(n)) return true
       if (!p.waiting.has(n)) return false
-      cur = p
     }
+    return false
   }
 
   /** Transfers of piece n from parents in progress (reserved or started). */
@@ -803,22 +803,20 @@ export class SchedulerService {
         // holder's uplink (bench/p2p, N = 16 at 20 Mbit/s: 151.6-156.9 s vs 157.3-159.9 s). Not
         // for a piece a seed holds: its uplink spreads it to every child it can, so that what only
         // the seed has is out before it could fail (test/integration/p2p-netns.test.ts).
-        const pred = this.ringPredecessor(task, s, now)
+        const walk = this.ringBefore(task, s, now)
+        const pred = walk.next().value ?? undefined
         if (pred !== undefined) {
           const predId = pred.host.info.id
-          if (complete?.has(predId) === true || partial.has(predId)) {
+          if (holders.has(predId)) {
             // The predecessor holds it: it copies it to its successor, unless it already copies
             // it to someone else.
             const h = this.hosts.get(predId)
             let copying = false
             for (const x of task.sessions) if (x !== s && x.transfers.get(n) === predId) copying = true
             if (!copying && h !== undefined && h.assigned < Math.max(1, h.info.uploadConcurrency) && ranked.some(r => r.hostId === predId)) {
-              h.assigned++
-              s.transfers.set(n, predId)
-              this.metrics?.assignments.inc({ action: 'parents' })
-              return { number: n, action: 'parents', parents: [predId], digest }
+              return this.grantParents(s, n, [predId], digest)
             }
-          } else if (this.comingAround(task, s, n, now, holders)) {
+          } else if (this.comingAround(pred, walk, n, holders)) {
             this.metrics?.assignments.inc({ action: 'wait' })
             this.metrics?.waits.inc({ reason: 'predecessor' })
             return { number: n, action: 'wait' }
@@ -839,12 +837,7 @@ export class SchedulerService {
           this.metrics?.waits.inc({ reason: 'slots' })
           return { number: n, action: 'wait' }
         }
-        const parents = free.slice(0, this.opts.candidateParents).map(r => r.hostId)
-        const best = this.hosts.get(parents[0] as string) as HostState
-        best.assigned++
-        s.transfers.set(n, best.info.id)
-        this.metrics?.assignments.inc({ action: 'parents' })
-        return { number: n, action: 'parents', parents, digest }
+        return this.grantParents(s, n, free.slice(0, this.opts.candidateParents).map(r => r.hostId), digest)
       }
     }
     let ps = task.permits.get(n)
@@ -860,6 +853,15 @@ export class SchedulerService {
     this.metrics?.assignments.inc({ action: 'wait' })
     this.metrics?.waits.inc({ reason: (complete?.size ?? 0) > 0 || partial.size > 0 ? 'no_usable_holder' : 'no_source' })
     return { number: n, action: 'wait' }
+  }
+
+  /** PARENTS for piece n: reserves an upload slot of the first parent (known, free) for `s`. */
+  private grantParents (s: PeerSession, n: number, parents: string[], digest: PieceDigest): Assignment {
+    const best = this.hosts.get(parents[0] as string) as HostState
+    best.assigned++
+    s.transfers.set(n, best.info.id)
+    this.metrics?.assignments.inc({ action: 'parents' })
+    return { number: n, action: 'parents', parents, digest }
   }
 
   /** Serves waiters whose piece can now be assigned (new holder, free slot, free permit). */
