@@ -27,7 +27,8 @@ export const fsdConfigSchema = s.object({
     amplify: s.size({ default: '1MiB', description: 'on a miss, also fetch the following chunks of the same file up to this many bytes' }),
     timeout: s.duration({ default: '30s', description: 'idle timeout of one request to a source' }),
     retries: s.integer({ default: 3, min: 0, max: 20, description: 'retries per source (with backoff) before falling back to the next source' }),
-    plain_http: s.boolean({ default: false, description: 'use plain HTTP for every registry (default: only loopback registries)' })
+    plain_http: s.boolean({ default: false, description: 'use plain HTTP for every registry (default: only loopback registries)' }),
+    direct_http: s.boolean({ default: true, description: 'read plain-HTTP Range responses of the origin straight into the cache\'s buffers, without an HTTP library (anything but a 206 is asked again through it; a registry that redirects blobs turns this off for itself)' })
   }, { description: 'fetching chunks from blob sources' }),
   mirrors: s.array(s.object({
     url: s.string({ pattern: /^https?:\/\/[^/\s]+\/?$/, description: 'base URL of the mirror, e.g. http://127.0.0.1:65001 (the node\'s p2p peer)' }),

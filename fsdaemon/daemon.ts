@@ -236,7 +236,7 @@ export class FsDaemon {
           mirror.start()
           sources.push(mirror)
         }
-        sources.push(new RegistryRangeSource({ store, logger: log.child({ component: 'origin' }) }, { location: `${ref.registry}/${ref.repository}`, timeoutMs: this.cfg.fetch.timeout, retries: this.cfg.fetch.retries }))
+        sources.push(new RegistryRangeSource({ store, logger: log.child({ component: 'origin' }) }, { location: `${ref.registry}/${ref.repository}`, timeoutMs: this.cfg.fetch.timeout, retries: this.cfg.fetch.retries, direct: this.cfg.fetch.direct_http }))
       } else {
         sources.push(new LocalDirRangeSource({ logger: log }, { dir: req.blobDir! }))
       }

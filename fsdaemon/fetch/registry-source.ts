@@ -16,11 +16,16 @@ import { NaiadError, isNaiadError } from '../../lib/errors/index.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import type { GetBlobOptions } from '../../lib/registry/index.ts'
 import type { FetchOptions, RangeSource } from '../types.ts'
-import { checkBlobId, checkRange, describeError, isCallerAbort, linkSignals, readExact, sleep, abortReason } from './util.ts'
+import { checkBlobId, checkRange, describeError, isCallerAbort, linkSignals, ownedBuffer, readExact, sleep, abortReason } from './util.ts'
 
 /** What the source needs from lib/registry: an ImageStore (bound to one repository) has it. */
 export interface BlobRangeStore {
   getBlob (digest: Digest, opts?: GetBlobOptions): Promise<Readable>
+  /**
+   * Optional: the range straight into `into` (RegistryImageStore over plain HTTP); `served:
+   * false` (with the answer's status, 0 when it cannot try) and the source uses getBlob.
+   */
+  readBlobRange? (digest: Digest, start: number, end: number, into: Buffer, opts?: { signal?: AbortSignal }): Promise<{ served: boolean, status?: number }>
 }
 
 export interface RegistryRangeSourceDeps {
@@ -42,6 +47,11 @@ export interface RegistryRangeSourceOptions {
   retries?: number
   /** First backoff delay (default 100 ms), doubled per retry with jitter, at most 5 s. */
   retryBaseDelayMs?: number
+  /**
+   * Read ranges straight into the cache's buffers when the store can (plain HTTP; default true).
+   * A registry that redirects blobs or a store that cannot is asked through getBlob from then on.
+   */
+  direct?: boolean
 }
 
 export class RegistryRangeSource implements RangeSource {
@@ -56,6 +66,9 @@ export class RegistryRangeSource implements RangeSource {
   private readonly baseDelay: number
   private readonly closing = new AbortController()
   private closed = false
+  private direct: boolean
+  /** Ranges read directly, and direct reads that failed (then read through getBlob). */
+  readonly directStats = { served: 0, failed: 0 }
 
   constructor (deps: RegistryRangeSourceDeps, options: RegistryRangeSourceOptions = {}) {
     this.store = deps.store
@@ -66,6 +79,7 @@ export class RegistryRangeSource implements RangeSource {
     this.timeoutMs = options.timeoutMs ?? 60_000
     this.retries = options.retries ?? 3
     this.baseDelay = options.retryBaseDelayMs ?? 100
+    this.direct = (options.direct ?? true) && deps.store.readBlobRange !== undefined
     // shared by every request in flight
     setMaxListeners(0, this.closing.signal)
     if (!(this.timeoutMs > 0) || !Number.isInteger(this.retries) || this.retries < 0) {
@@ -82,6 +96,15 @@ export class RegistryRangeSource implements RangeSource {
     if (this.closed) throw new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`)
     const digest = parseDigest(`sha256:${blobId}`)
     const what = `blob ${blobId} bytes ${start}-${end} from ${this.location}`
+    let alloc = opts.alloc
+    if (this.direct) {
+      const into = opts.alloc !== undefined ? opts.alloc(end - start + 1) : Buffer.allocUnsafeSlow(end - start + 1)
+      const got = await this.fetchDirect(digest, start, end, into, what, opts.signal)
+      if (got) return ownedBuffer(into)
+      // the buffer is free again (the direct read's connection is closed or done): every try
+      // below reads into it (each try's stream is destroyed before the next begins)
+      alloc = () => into
+    }
     for (let attempt = 1; ; attempt++) {
       const deadline = linkSignals([opts.signal, this.closing.signal], this.timeoutMs, () =>
         new NaiadError('NAIAD_REG_TIMEOUT', `${what}: no complete answer within ${this.timeoutMs} ms`, { details: { blobId, start, end, source: this.name } }))
@@ -89,7 +112,7 @@ export class RegistryRangeSource implements RangeSource {
       try {
         const stream = await this.store.getBlob(digest, { range: [start, end], signal: deadline.signal })
         stage = 'body'
-        return await readExact(stream, end - start + 1, what, opts.alloc)
+        return await readExact(stream, end - start + 1, what, alloc)
       } catch (err) {
         if (isCallerAbort(opts.signal)) throw abortReason(opts.signal as AbortSignal)
         if (this.closing.signal.aborted) throw new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`)
@@ -102,6 +125,40 @@ export class RegistryRangeSource implements RangeSource {
       } finally {
         deadline.dispose()
       }
+    }
+  }
+
+  /**
+   * One direct read (no retries): true when the bytes are in `into`. Anything else is left to the
+   * getBlob path, which retries and maps errors: a failure is logged at debug level; an answer
+   * the direct read does not take (a redirect, or a store that cannot read directly) turns direct
+   * reads off for this source, other statuses (401 with an expired token, 404, 5xx) do not.
+   */
+  private async fetchDirect (digest: Digest, start: number, end: number, into: Buffer, what: string, signal: AbortSignal | undefined): Promise<boolean> {
+    const read = this.store.readBlobRange
+    if (read === undefined) return false
+    const deadline = linkSignals([signal, this.closing.signal], this.timeoutMs, () =>
+      new NaiadError('NAIAD_REG_TIMEOUT', `${what}: no complete answer within ${this.timeoutMs} ms`))
+    try {
+      const out = await read.call(this.store, digest, start, end, into, { signal: deadline.signal })
+      if (out.served) {
+        this.directStats.served++
+        return true
+      }
+      const status = out.status ?? 0
+      if (status === 0 || (status >= 300 && status < 400)) {
+        this.direct = false
+        this.log.debug({ status }, 'direct range reads off for this source')
+      }
+      return false
+    } catch (err) {
+      if (isCallerAbort(signal)) throw abortReason(signal as AbortSignal)
+      if (this.closing.signal.aborted) throw new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`)
+      this.directStats.failed++
+      this.log.debug({ start, end, err: { message: describeError(err) } }, 'direct range read failed; asking through the HTTP client')
+      return false
+    } finally {
+      deadline.dispose()
     }
   }
 

@@ -107,6 +107,12 @@ export async function readExact (stream: Readable, length: number, what: string,
 
 const owned = new WeakSet<Buffer>()
 
+/** Marks a buffer that one fetch filled and nobody else holds (see isOwnedBuffer). */
+export function ownedBuffer (b: Buffer): Buffer {
+  owned.add(b)
+  return b
+}
+
 /**
  * True for a buffer that readExact made for one fetch and nobody else holds: its consumer may
  * hand its memory on (transfer it to a worker thread) instead of copying it.

@@ -29,6 +29,7 @@ import { Authenticator, repositoryScope } from './auth.ts'
 import type { CredentialProvider } from './credentials.ts'
 import { discard, networkError, readExcerpt, RETRYABLE_STATUS, safeUrl, statusError } from './errors.ts'
 import { delay, header, RegistryHttp, type HttpPolicy, type HttpResponse, type SendOptions } from './http.ts'
+import { DirectRangeReader, type DirectRangeOutcome } from './direct-range.ts'
 
 export interface AbortOptions {
   signal?: AbortSignal
@@ -168,6 +169,7 @@ export class RegistryClient {
   private readonly random: () => number
   private agent: Dispatcher | undefined
   private readonly injected: Dispatcher | undefined
+  private direct: DirectRangeReader | undefined
   private closing: Promise<void> | undefined
 
   constructor (deps: RegistryClientDeps, options: RegistryClientOptions) {
@@ -426,6 +428,41 @@ export class RegistryClient {
   }
 
   /**
+   * Reads bytes `start`–`end` (inclusive) of a blob straight into `into` (exactly that many
+   * bytes) when the registry speaks plain HTTP and answers the range at once with 206: the kernel
+   * copies the body into `into`, no HTTP library in between (DirectRangeReader,
+   * docs/decisions/0006-direct-range-reads.md). Returns `served: false` when it did not: https or
+   * an injected dispatcher (status 0), or any other answer (a redirect, 401, 404, 5xx, a clamped
+   * range: its status); then getBlob with the range gets it, with redirects, re-authentication,
+   * retries and error mapping. Throws
+   * transport failures (NAIAD_REG_UNAVAILABLE, NAIAD_REG_TIMEOUT, NAIAD_REG_PROTOCOL for an
+   * answer HTTP does not allow) and the signal's reason; nothing is retried here. The bytes are
+   * not verified (a range cannot be).
+   */
+  async readBlobRange (repository: string, digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions = {}): Promise<DirectRangeOutcome> {
+    if (this.injected !== undefined || !this.baseUrl.startsWith('http:')) return { served: false, status: 0, reason: this.injected !== undefined ? 'an injected dispatcher' : 'https' }
+    if (this.closing !== undefined) throw new NaiadError('NAIAD_CLOSED', `registry client for ${this.endpoint} is closed`)
+    checkRepository(repository)
+    parseDigest(digest)
+    checkRange([start, end])
+    const url = this.url(`/v2/${repository}/blobs/${digest}`)
+    const authorization = await this.auth.authorization(url.origin, [repositoryScope(repository, 'pull')], opts.signal)
+    const headers: Record<string, string> = { 'user-agent': this.policy.userAgent }
+    if (authorization !== undefined) headers['authorization'] = authorization
+    this.direct ??= new DirectRangeReader({ idleTimeoutMs: this.policy.timeoutMs })
+    const what = `blob ${repository}@${digest} bytes ${start}-${end}`
+    let out: DirectRangeOutcome
+    try {
+      out = await this.direct.read({ url, headers, start, end, into, ...sig(opts) })
+    } catch (err) {
+      if (isNaiadError(err)) throw new NaiadError(err.code, `${what}: ${err.message}`, { cause: err, details: { url: safeUrl(url) } })
+      throw err
+    }
+    if (!out.served) this.logger.debug({ url: safeUrl(url), status: out.status, reason: out.reason }, 'range not read directly; asking through the HTTP client')
+    return out
+  }
+
+  /**
    * Pipes a response body into `tail`, turning transport failures of the body into naiad errors
    * (pipe() forwards no errors, so the mapping is ours); destroying `tail` releases the body.
    */
@@ -638,6 +675,7 @@ export class RegistryClient {
   /** Closes the own HTTP agent (an injected dispatcher is left open). Safe to call twice. */
   async close (): Promise<void> {
     this.closing ??= (async () => {
+      this.direct?.close()
       const a = this.agent
       this.agent = undefined
       if (a !== undefined) await a.close()

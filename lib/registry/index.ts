@@ -11,6 +11,8 @@
  *   const desc = await store.resolve()
  *   const { bytes, mediaType } = await store.getManifest(desc)
  *   const part = await store.getBlob(layerDigest, { range: [0, 4095] })
+ *   // plain HTTP: straight into a buffer (served: false → use getBlob)
+ *   const got = await client.readBlobRange('app', layerDigest, 0, 4095, Buffer.alloc(4096))
  *   await store.close()
  */
 export { RegistryClient, type RegistryClientDeps, type RegistryClientOptions, type AbortOptions, type BlobSource, type FetchedManifest, type GetBlobOptions, type PushBlobOptions, type PushBlobResult } from './client.ts'
@@ -20,4 +22,5 @@ export { RegistryImageStore, defaultTarget, type ImageStore, type RegistryImageS
 export { LayoutImageStore, writeAtomic, type LayoutImageStoreDeps, type LayoutImageStoreOptions } from './layout.ts'
 export { openImageStore, type OpenImageStoreOptions } from './open.ts'
 export { parseRetryAfter, type HttpPolicy } from './http.ts'
+export { DirectRangeReader, isDirectUrl, type DirectRangeOutcome, type DirectRangeReaderOptions, type DirectRangeRequest } from './direct-range.ts'
 export { statusError, summarizeBody, safeUrl } from './errors.ts'

@@ -9,6 +9,7 @@ import { NaiadError } from '../errors/index.ts'
 import { DEFAULT_TAG, type ImageReference, type RegistryReference } from '../oci/reference.ts'
 import type { Descriptor } from '../oci/types.ts'
 import type { AbortOptions, BlobSource, FetchedManifest, GetBlobOptions, PushBlobOptions, PushBlobResult, RegistryClient } from './client.ts'
+import type { DirectRangeOutcome } from './direct-range.ts'
 
 export type { AbortOptions, BlobSource, FetchedManifest, GetBlobOptions, PushBlobOptions, PushBlobResult } from './client.ts'
 
@@ -116,6 +117,11 @@ export class RegistryImageStore implements ImageStore {
 
   async getBlob (digest: Digest, opts: GetBlobOptions = {}): Promise<Readable> {
     return await this.client.getBlob(this.repo, digest, opts)
+  }
+
+  /** RegistryClient.readBlobRange for this repository (`served`: the bytes are in `into`). */
+  async readBlobRange (digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions = {}): Promise<DirectRangeOutcome> {
+    return await this.client.readBlobRange(this.repo, digest, start, end, into, opts)
   }
 
   async statBlob (digest: Digest, opts: AbortOptions = {}): Promise<number | undefined> {

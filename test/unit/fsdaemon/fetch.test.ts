@@ -12,6 +12,8 @@ import { BlobCache } from '../../../fsdaemon/cache/blob-cache.ts'
 import { parseDigest } from '../../../lib/digest/index.ts'
 import { RegistryClient } from '../../../lib/registry/index.ts'
 import { REGISTRY_BIN, haveRegistry, startRegistry, type RunningRegistry } from '../../helpers/registry.ts'
+import { startFakeRegistry } from '../../helpers/fake-registry.ts'
+import { isOwnedBuffer } from '../../../fsdaemon/fetch/util.ts'
 import { buildBlob, recordingLogger, startBlobServer, tempDir, until, type BlobServer, type TestBlob } from './cache-fixtures.ts'
 
 const cleanups: Array<() => Promise<void>> = []
@@ -44,6 +46,19 @@ function registrySource (srv: { host: string }, opts: { name?: string, retries?:
     ...(opts.name !== undefined ? { name: opts.name } : {}),
     ...(opts.timeoutMs !== undefined ? { timeoutMs: opts.timeoutMs } : {})
   })
+}
+
+/** A registry source whose store reads ranges directly (plain HTTP), as RegistryImageStore's does. */
+function directSource (srv: { host: string }, opts: { retries?: number } = {}): { src: RegistryRangeSource, client: RegistryClient } {
+  const client = new RegistryClient({}, { endpoint: srv.host, plainHttp: true, retries: 0, retryBaseDelayMs: 5, timeoutMs: 5000 })
+  cleanups.push(async () => { await client.close() })
+  const src = new RegistryRangeSource({
+    store: {
+      getBlob: async (d, o) => await client.getBlob('test/app', d, o),
+      readBlobRange: async (d, s, e, into, o) => await client.readBlobRange('test/app', d, s, e, into, o)
+    }
+  }, { retries: opts.retries ?? 0, retryBaseDelayMs: 5 })
+  return { src, client }
 }
 
 function mirrorSource (srv: BlobServer, opts: Partial<ConstructorParameters<typeof MirrorRangeSource>[1]> = {}, auth?: () => Promise<string | undefined>, logger?: ReturnType<typeof recordingLogger>['logger']): MirrorRangeSource {
@@ -306,6 +321,66 @@ describe('RegistryRangeSource', () => {
     originSrv.failStatus = 404
     expect((await caught(src.fetch(id(), 0, 9))).code).toBe('NAIAD_REG_NOT_FOUND')
     expect(originSrv.requests()).toHaveLength(1)
+  })
+
+  it('reads ranges straight into the buffer it is given; a failed direct read or another answer than 206 goes through the HTTP client', async () => {
+    reset()
+    const given: Buffer[] = []
+    const alloc = (n: number): Buffer => { const b = Buffer.alloc(n); given.push(b); return b }
+    const { src } = directSource(originSrv, { retries: 1 })
+    const got = await src.fetch(id(), 100, 5099, { alloc })
+    expect(got.equals(slice(100, 5099))).toBe(true)
+    expect(got).toBe(given[0])
+    expect(isOwnedBuffer(got)).toBe(true)
+    expect(src.directStats).toEqual({ served: 1, failed: 0 })
+    expect(originSrv.requests()).toHaveLength(1)
+
+    // the direct read is cut off: the client's request (into the same buffer) serves it
+    reset()
+    let n = 0
+    originSrv.truncateAfter = 10
+    originSrv.onRequest = () => { if (++n === 2) originSrv.truncateAfter = undefined }
+    const again = await src.fetch(id(), 0, 999, { alloc })
+    expect(again.equals(slice(0, 999))).toBe(true)
+    expect(again).toBe(given[1])
+    expect(given).toHaveLength(2)
+    expect(src.directStats).toEqual({ served: 1, failed: 1 })
+    expect(originSrv.requests()).toHaveLength(2)
+
+    // a 404 is not served directly; the client maps it (direct reads stay on)
+    reset()
+    originSrv.failStatus = 404
+    expect((await caught(src.fetch(id(), 0, 9))).code).toBe('NAIAD_REG_NOT_FOUND')
+    expect(originSrv.requests()).toHaveLength(2)
+    reset()
+    expect((await src.fetch(id(), 0, 9)).equals(slice(0, 9))).toBe(true)
+    expect(src.directStats.served).toBe(2)
+    expect(originSrv.requests()).toHaveLength(1)
+
+    // a server without Range support: the direct read is not served, the client refuses the 200
+    reset()
+    originSrv.ignoreRange = true
+    expect((await caught(src.fetch(id(), 0, 9))).code).toBe('NAIAD_REG_RANGE_UNSUPPORTED')
+  })
+
+  it('turns direct reads off for a registry that redirects blobs, and for a store that cannot read directly', async () => {
+    const storage = await startFakeRegistry()
+    const f = await startFakeRegistry({ redirectBlobsTo: storage })
+    cleanups.push(async () => { await f.stop(); await storage.stop() })
+    const data = Buffer.from(tb.bytes)
+    f.addBlob('test/app', data)
+    const { src } = directSource(f)
+    for (let k = 0; k < 3; k++) expect((await src.fetch(id(), k * 10, k * 10 + 9)).equals(data.subarray(k * 10, k * 10 + 10))).toBe(true)
+    // one direct try (307), then only the client's requests, which follow the redirect
+    const gets = f.requests.filter(r => r.method === 'GET' && r.path.includes('/blobs/'))
+    expect(gets).toHaveLength(4)
+    expect(storage.requests).toHaveLength(3)
+    expect(src.directStats).toEqual({ served: 0, failed: 0 })
+
+    const https = new RegistryClient({}, { endpoint: '127.0.0.1:1' })
+    const never = new RegistryRangeSource({ store: { getBlob: async () => { throw new Error('unused') }, readBlobRange: async (d, s, e, into, o) => await https.readBlobRange('a', d, s, e, into, o) } }, { retries: 0 })
+    await expect(never.fetch(id(), 0, 9)).rejects.toThrow('unused')
+    await expect(never.fetch(id(), 0, 9)).rejects.toThrow('unused')
   })
 
   it('enforces a per-request deadline: NAIAD_REG_TIMEOUT', async () => {

@@ -396,6 +396,36 @@ describe('auth', () => {
     await expect(client(f).statBlob('app', d)).rejects.toMatchObject({ code: 'NAIAD_REG_UNAUTHORIZED' })
   })
 
+  it('reads ranges directly with the token it holds; a 401 (no token yet, or revoked) is left to getBlob, which gets one', async () => {
+    const f = await fake({ auth: { type: 'bearer', username: 'u', password: 'p' } })
+    const data = randomBytes(100_000)
+    const d = f.addBlob('app', data)
+    const c = client(f, { credentials: staticCredentials({ [f.host]: { username: 'u', password: 'p' } }) }, { userAgent: 'naiad/direct-test' })
+    const into = Buffer.alloc(1000)
+    expect(await c.readBlobRange('app', d, 0, 999, into)).toMatchObject({ served: false, status: 401 })
+    expect((await readAll(await c.getBlob('app', d, { range: [0, 999] }))).equals(data.subarray(0, 1000))).toBe(true)
+    expect(await c.readBlobRange('app', d, 1000, 1999, into)).toEqual({ served: true })
+    expect(into.equals(data.subarray(1000, 2000))).toBe(true)
+    const direct = f.requests.at(-1)
+    expect(direct?.headers.authorization).toMatch(/^Bearer /)
+    expect(direct?.headers['user-agent']).toBe('naiad/direct-test')
+    expect(direct?.headers.range).toBe('bytes=1000-1999')
+    expect(f.tokensIssued).toBe(1)
+    f.revokeTokens()
+    expect(await c.readBlobRange('app', d, 0, 999, into)).toMatchObject({ served: false, status: 401 })
+    await expect(c.readBlobRange('app', d, 5, 4, into)).rejects.toMatchObject({ code: 'NAIAD_INTERNAL' })
+    await expect(c.readBlobRange('bad name!', d, 0, 999, into)).rejects.toMatchObject({ code: 'NAIAD_REF_INVALID' })
+  })
+
+  it('never reads directly over HTTPS or through an injected dispatcher', async () => {
+    const f = await fake()
+    const d = f.addBlob('app', randomBytes(100))
+    const tls = new RegistryClient({}, { endpoint: f.host })
+    clients.push(tls)
+    expect(await tls.readBlobRange('app', d, 0, 9, Buffer.alloc(10))).toEqual({ served: false, status: 0, reason: 'https' })
+    expect(f.requests).toHaveLength(0)
+  })
+
   it('follows blob redirects to another host without sending Authorization there', async () => {
     const storage = await fake()
     const f = await fake({ auth: { type: 'bearer', username: 'u', password: 'p' }, redirectBlobsTo: storage })
