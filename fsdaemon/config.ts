@@ -22,7 +22,7 @@ export const fsdConfigSchema = s.object({
     flush_interval: s.duration({ default: '1s', description: 'how often the persisted ready-bitmaps are brought up to date (after the data is durable)' })
   }, { description: 'the on-disk chunk cache' }),
   fetch: s.object({
-    max_request_size: s.size({ default: '4MiB', description: 'adjacent missing chunks are merged into one Range request up to this size' }),
+    max_request_size: s.size({ default: '8MiB', description: 'adjacent missing chunks are merged into one Range request up to this size (chunks are decoded as their bytes arrive, so a larger request only costs memory)' }),
     readahead: s.size({ default: '32MiB', description: 'while a file is read sequentially, keep this much of what follows fetching in the background (0: off)' }),
     amplify: s.size({ default: '1MiB', description: 'on a miss, also fetch the following chunks of the same file up to this many bytes' }),
     timeout: s.duration({ default: '30s', description: 'idle timeout of one request to a source' }),

@@ -26,6 +26,14 @@ export interface FetchOptions {
    * bytes, e.g. from the cache's pool of reusable buffers); default: a new buffer.
    */
   alloc?: (size: number) => Buffer
+  /**
+   * Called while a source that can (the origin over plain HTTP) receives the range: bytes
+   * [0, filled) of `data` (a buffer from `alloc`) hold the range's first bytes, from `source`
+   * (set by the SourceChain). They may be written again, with what a retry receives, until the
+   * fetch settles: a consumer checks what it reads (the cache verifies every chunk's digest on
+   * its own copy of the decoded bytes).
+   */
+  onProgress?: (data: Buffer, filled: number, source?: string) => void
 }
 
 export interface RangeSource {

@@ -114,7 +114,7 @@ export class BlobCache implements ChunkReader {
   private readonly log: Logger
   private readonly decoder: ChunkDecodePool
   private readonly alloc: (size: number) => Buffer
-  private readonly recycle: (ab: ArrayBuffer) => void
+  private readonly recycle: (ab: ArrayBufferLike) => void
   private readonly maxRequestBytes: number
   private readonly maxGapBytes: number
   private readonly flushIntervalMs: number
@@ -465,74 +465,108 @@ export class BlobCache implements ChunkReader {
     while (pending.length > 0) {
       const again: ChunkRef[] = []
       for (const r of pending) {
+        // decode + verify in the decoder's worker threads, which also write verified chunks to
+        // the cache file (their bytes never come back). Chunks go to the decoder as soon as their
+        // bytes are in (streamed from a source that reports progress), the rest when the fetch
+        // is done; every batch settles its own chunks.
+        const jobs: Array<Promise<boolean>> = []
+        let next = 0 // r.chunks[0, next) are with the decoder
+        const dispatch = (data: Buffer, upto: number, source: string): void => {
+          const batch = r.chunks.slice(next, upto)
+          next = upto
+          jobs.push(this.decodeBatch(batch, data, r.start, source, mine, { exclude, bad, again }))
+        }
+        const onProgress = (data: Buffer, filled: number, source?: string): void => {
+          let k = next
+          while (k < r.chunks.length && r.chunks[k]!.compressedOffset + r.chunks[k]!.compressedSize - r.start <= filled) k++
+          if (k > next) dispatch(data, k, source ?? 'unknown')
+        }
         let res: FetchResult
         try {
-          res = await fetcher.fetchRange(blobId, r.start, r.end, { signal: this.ctl.signal, priority, exclude: new Set(exclude), alloc: this.alloc })
+          res = await fetcher.fetchRange(blobId, r.start, r.end, { signal: this.ctl.signal, priority, exclude: new Set(exclude), alloc: this.alloc, onProgress })
         } catch (err) {
+          await Promise.all(jobs)
           const closed = this.ctl.signal.aborted
-          if (!closed) this.log.warn({ start: r.start, end: r.end, chunks: r.chunks.length, firstChunk: r.chunks[0]?.index, err }, 'fetching chunks failed')
-          for (const c of r.chunks) this.settle(c.index, mine, closed ? this.closedError() : this.chunkError(c, err, bad.get(c.index)))
+          const rest = r.chunks.slice(next)
+          if (!closed) this.log.warn({ start: r.start, end: r.end, chunks: rest.length, firstChunk: rest[0]?.index, err }, 'fetching chunks failed')
+          for (const c of rest) this.settle(c.index, mine, closed ? this.closedError() : this.chunkError(c, err, bad.get(c.index)))
           continue
         }
         if (res.data.length !== r.end - r.start + 1) {
+          await Promise.all(jobs)
           const err = new NaiadError('NAIAD_INTERNAL', `fetcher returned ${res.data.length} bytes for ${r.start}-${r.end} of blob ${blobId}`)
-          for (const c of r.chunks) this.settle(c.index, mine, err)
+          for (const c of r.chunks.slice(next)) this.settle(c.index, mine, err)
           continue
         }
         this.counters.requests++
         this.bytesFetched[res.source] = (this.bytesFetched[res.source] ?? 0) + res.data.length
-        // decompress + verify in the decoder's worker threads (the fetched bytes are handed
-        // over), which also write verified chunks to the cache file: their bytes never come back
-        const fd = (this.dataFh as FileHandle).fd
-        const done = new Set<number>()
-        const settleWritten = (i: number): void => {
-          if (done.has(i)) return
-          done.add(i)
-          const c = r.chunks[i]!
-          this.counters.chunksVerified++
-          this.markReady(c)
-          this.settle(c.index, mine, undefined)
-        }
-        const decoded = await this.decoder.decodeInto(fd, r.chunks, res.data, r.start, { owned: isOwnedBuffer(res.data), onInput: this.recycle, onWritten: settleWritten })
-        const good: Array<{ c: ChunkRef, data: Buffer }> = []
-        let verified = 0
-        r.chunks.forEach((c, i) => {
-          const d = decoded[i]!
-          if (d === WRITTEN) {
-            settleWritten(i) // (done already when the worker said so)
-            return
-          }
-          if (d instanceof Unwritten) {
-            verified++
-            this.counters.writeErrors++
-            this.log.warn({ chunkIndex: c.index, err: ioError('write cache file', this.dataPath, new Error(d.cause)) }, 'cannot cache a chunk; serving it from memory')
-            this.settle(c.index, mine, d.data)
-            return
-          }
-          if (!(d instanceof Error)) { verified++; good.push({ c, data: d }); return }
-          this.counters.digestFailures++
-          this.badBytesFrom[res.source] = (this.badBytesFrom[res.source] ?? 0) + 1
-          exclude.add(res.source)
-          const list = bad.get(c.index) ?? []
-          list.push(res.source)
-          bad.set(c.index, list)
-          this.log.warn({ chunkIndex: c.index, source: res.source, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize, err: d },
-            'chunk failed verification: not served, fetching it from another source')
-          again.push(c)
-        })
-        this.counters.chunksVerified += verified
-        // chunks next to each other in the cache file (and in memory) are written with one write
-        for (let i = 0; i < good.length;) {
-          let j = i + 1
-          while (j < good.length && adjacent(good[j - 1]!, good[j]!)) j++
-          const group = good.slice(i, j)
-          await this.commit(group)
-          for (const g of group) this.settle(g.c.index, mine, g.data)
-          i = j
-        }
+        if (next < r.chunks.length) dispatch(res.data, r.chunks.length, res.source)
+        // the range's buffer is reused once no decoded chunk is a view of it
+        const views = await Promise.all(jobs)
+        if (!views.includes(true)) this.recycle(res.data.buffer)
       }
       pending = again.length > 0 ? planRequests(again, this.maxRequestBytes, this.maxGapBytes) : []
     }
+  }
+
+  /**
+   * Decodes and verifies `batch` (all inside `data`, which starts at `dataStart` in the blob) and
+   * settles each chunk: written to the cache file and ready; verified but not written (served
+   * from memory); or bad (counted against `source`, which is excluded, and queued in `again`).
+   * Resolves true when a chunk's bytes handed out are a view of `data` (it must not be reused).
+   */
+  private async decodeBatch (batch: readonly ChunkRef[], data: Buffer, dataStart: number, source: string, mine: Map<number, Deferred>,
+    retry: { exclude: Set<string>, bad: Map<number, string[]>, again: ChunkRef[] }): Promise<boolean> {
+    const fd = (this.dataFh as FileHandle).fd
+    const done = new Set<number>()
+    const settleWritten = (i: number): void => {
+      if (done.has(i)) return
+      done.add(i)
+      const c = batch[i]!
+      this.counters.chunksVerified++
+      this.markReady(c)
+      this.settle(c.index, mine, undefined)
+    }
+    const owned = !(data.buffer instanceof SharedArrayBuffer) && isOwnedBuffer(data)
+    const decoded = await this.decoder.decodeInto(fd, batch, data, dataStart, { owned, onInput: this.recycle, onWritten: settleWritten })
+    const good: Array<{ c: ChunkRef, data: Buffer }> = []
+    let verified = 0
+    let views = false
+    batch.forEach((c, i) => {
+      const d = decoded[i]!
+      if (d === WRITTEN) {
+        settleWritten(i) // (done already when the worker said so)
+        return
+      }
+      if (d instanceof Unwritten) {
+        verified++
+        this.counters.writeErrors++
+        this.log.warn({ chunkIndex: c.index, err: ioError('write cache file', this.dataPath, new Error(d.cause)) }, 'cannot cache a chunk; serving it from memory')
+        this.settle(c.index, mine, d.data)
+        return
+      }
+      if (!(d instanceof Error)) { verified++; views = true; good.push({ c, data: d }); return }
+      this.counters.digestFailures++
+      this.badBytesFrom[source] = (this.badBytesFrom[source] ?? 0) + 1
+      retry.exclude.add(source)
+      const list = retry.bad.get(c.index) ?? []
+      list.push(source)
+      retry.bad.set(c.index, list)
+      this.log.warn({ chunkIndex: c.index, source, compressedOffset: c.compressedOffset, compressedSize: c.compressedSize, err: d },
+        'chunk failed verification: not served, fetching it from another source')
+      retry.again.push(c)
+    })
+    this.counters.chunksVerified += verified
+    // chunks next to each other in the cache file (and in memory) are written with one write
+    for (let i = 0; i < good.length;) {
+      let j = i + 1
+      while (j < good.length && adjacent(good[j - 1]!, good[j]!)) j++
+      const group = good.slice(i, j)
+      await this.commit(group)
+      for (const g of group) this.settle(g.c.index, mine, g.data)
+      i = j
+    }
+    return views
   }
 
   private chunkError (c: ChunkRef, err: unknown, badSources: string[] | undefined): NaiadError {

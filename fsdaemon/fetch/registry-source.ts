@@ -25,7 +25,7 @@ export interface BlobRangeStore {
    * Optional: the range straight into `into` (RegistryImageStore over plain HTTP); `served:
    * false` (with the answer's status, 0 when it cannot try) and the source uses getBlob.
    */
-  readBlobRange? (digest: Digest, start: number, end: number, into: Buffer, opts?: { signal?: AbortSignal }): Promise<{ served: boolean, status?: number }>
+  readBlobRange? (digest: Digest, start: number, end: number, into: Buffer, opts?: { signal?: AbortSignal, onProgress?: (filled: number) => void }): Promise<{ served: boolean, status?: number }>
 }
 
 export interface RegistryRangeSourceDeps {
@@ -99,7 +99,8 @@ export class RegistryRangeSource implements RangeSource {
     let alloc = opts.alloc
     if (this.direct) {
       const into = opts.alloc !== undefined ? opts.alloc(end - start + 1) : Buffer.allocUnsafeSlow(end - start + 1)
-      const got = await this.fetchDirect(digest, start, end, into, what, opts.signal)
+      const progress = opts.onProgress
+      const got = await this.fetchDirect(digest, start, end, into, what, opts.signal, progress !== undefined ? (filled) => { progress(into, filled) } : undefined)
       if (got) return ownedBuffer(into)
       // the buffer is free again (the direct read's connection is closed or done): every try
       // below reads into it (each try's stream is destroyed before the next begins)
@@ -134,13 +135,13 @@ export class RegistryRangeSource implements RangeSource {
    * the direct read does not take (a redirect, or a store that cannot read directly) turns direct
    * reads off for this source, other statuses (401 with an expired token, 404, 5xx) do not.
    */
-  private async fetchDirect (digest: Digest, start: number, end: number, into: Buffer, what: string, signal: AbortSignal | undefined): Promise<boolean> {
+  private async fetchDirect (digest: Digest, start: number, end: number, into: Buffer, what: string, signal: AbortSignal | undefined, onProgress: ((filled: number) => void) | undefined): Promise<boolean> {
     const read = this.store.readBlobRange
     if (read === undefined) return false
     const deadline = linkSignals([signal, this.closing.signal], this.timeoutMs, () =>
       new NaiadError('NAIAD_REG_TIMEOUT', `${what}: no complete answer within ${this.timeoutMs} ms`))
     try {
-      const out = await read.call(this.store, digest, start, end, into, { signal: deadline.signal })
+      const out = await read.call(this.store, digest, start, end, into, { signal: deadline.signal, ...(onProgress !== undefined ? { onProgress } : {}) })
       if (out.served) {
         this.directStats.served++
         return true

@@ -108,7 +108,13 @@ export class SourceChain implements ChunkFetcher {
         const st = this.perSource.get(s.name) as SourceStats
         st.requests++
         try {
-          const data = await s.fetch(blobId, start, end, { priority, ...(opts.signal !== undefined ? { signal: opts.signal } : {}), ...(opts.alloc !== undefined ? { alloc: opts.alloc } : {}) })
+          const progress = opts.onProgress
+          const data = await s.fetch(blobId, start, end, {
+            priority,
+            ...(opts.signal !== undefined ? { signal: opts.signal } : {}),
+            ...(opts.alloc !== undefined ? { alloc: opts.alloc } : {}),
+            ...(progress !== undefined ? { onProgress: (d: Buffer, filled: number) => { progress(d, filled, s.name) } } : {})
+          })
           if (data.length !== end - start + 1) {
             throw new NaiadError('NAIAD_INTERNAL', `source ${s.name} returned ${data.length} bytes for ${end - start + 1}`)
           }

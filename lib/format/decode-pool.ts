@@ -154,7 +154,9 @@ export class ChunkDecodePool {
   /**
    * Decodes `refs` (sorted by compressed offset, all inside `data`, whose first byte is at
    * `dataStart` in the blob). `owned`: the caller hands `data` over (its ArrayBuffer may be
-   * transferred to a worker and detached here); otherwise it is copied. Every chunk's entry is
+   * transferred to a worker and detached here); otherwise it is copied, unless it is on a
+   * SharedArrayBuffer: then the workers read it in place (the caller keeps it unchanged until
+   * this settles, or accepts that chunks read while it changed fail their digest check). Every chunk's entry is
    * its bytes or its error; rejects only for a ref outside `data` (NAIAD_INTERNAL, a caller bug).
    */
   async decode (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<Array<Buffer | NaiadError>> {
@@ -198,12 +200,14 @@ export class ChunkDecodePool {
         d: new Uint8Array(r.digest) // a copy: the digest is a view into the bootstrap, which postMessage would clone whole
       }))
       const total = refs.reduce((n, r) => n + r.uncompressedSize, 0)
-      // an owned buffer's ArrayBuffer is transferred; anything else is copied first
-      const give = owned && !(data.buffer instanceof SharedArrayBuffer)
-      const buf = give ? data.buffer as ArrayBuffer : data.buffer.slice(data.byteOffset, data.byteOffset + data.length) as ArrayBuffer
-      const off = give ? data.byteOffset : 0
+      // shared memory is shared (not copied, not transferred); an owned buffer's ArrayBuffer is
+      // transferred; anything else is copied first
+      const shared = data.buffer instanceof SharedArrayBuffer
+      const give = owned && !shared
+      const buf = shared || give ? data.buffer : data.buffer.slice(data.byteOffset, data.byteOffset + data.length)
+      const off = shared || give ? data.byteOffset : 0
       const back = give && onInput !== undefined
-      w.worker.postMessage({ id: job.id, buf, off, len: data.length, total, chunks, back, ...(fd !== undefined ? { fd } : {}) }, [buf])
+      w.worker.postMessage({ id: job.id, buf, off, len: data.length, total, chunks, back, ...(fd !== undefined ? { fd } : {}) }, shared ? [] : [buf as ArrayBuffer])
     })
   }
 

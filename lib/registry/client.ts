@@ -437,9 +437,10 @@ export class RegistryClient {
    * retries and error mapping. Throws
    * transport failures (NAIAD_REG_UNAVAILABLE, NAIAD_REG_TIMEOUT, NAIAD_REG_PROTOCOL for an
    * answer HTTP does not allow) and the signal's reason; nothing is retried here. The bytes are
-   * not verified (a range cannot be).
+   * not verified (a range cannot be). `onProgress(filled)`: bytes [0, filled) of `into` have
+   * arrived.
    */
-  async readBlobRange (repository: string, digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions = {}): Promise<DirectRangeOutcome> {
+  async readBlobRange (repository: string, digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions & { onProgress?: (filled: number) => void } = {}): Promise<DirectRangeOutcome> {
     if (this.injected !== undefined || !this.baseUrl.startsWith('http:')) return { served: false, status: 0, reason: this.injected !== undefined ? 'an injected dispatcher' : 'https' }
     if (this.closing !== undefined) throw new NaiadError('NAIAD_CLOSED', `registry client for ${this.endpoint} is closed`)
     checkRepository(repository)
@@ -453,7 +454,7 @@ export class RegistryClient {
     const what = `blob ${repository}@${digest} bytes ${start}-${end}`
     let out: DirectRangeOutcome
     try {
-      out = await this.direct.read({ url, headers, start, end, into, ...sig(opts) })
+      out = await this.direct.read({ url, headers, start, end, into, ...sig(opts), ...(opts.onProgress !== undefined ? { onProgress: opts.onProgress } : {}) })
     } catch (err) {
       if (isNaiadError(err)) throw new NaiadError(err.code, `${what}: ${err.message}`, { cause: err, details: { url: safeUrl(url) } })
       throw err

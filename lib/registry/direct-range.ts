@@ -39,6 +39,11 @@ export interface DirectRangeRequest {
   end: number
   into: Buffer
   signal?: AbortSignal
+  /**
+   * Called as the body arrives: bytes [0, filled) of `into` hold the range's first bytes (not
+   * called for an answer that is not served).
+   */
+  onProgress?: (filled: number) => void
 }
 
 /** Largest response head accepted. */
@@ -60,6 +65,7 @@ interface Exchange {
   close: boolean
   /** Nothing of the response arrived yet (a dead kept-alive connection may be retried). */
   nothing: boolean
+  onProgress: ((filled: number) => void) | undefined
   done: (err: Error | undefined, outcome?: DirectRangeOutcome) => void
 }
 
@@ -113,7 +119,7 @@ export class DirectRangeReader {
     for (let attempt = 0; ; attempt++) {
       const conn = attempt === 0 ? this.takeIdle(origin) ?? this.open(req.url) : this.open(req.url)
       try {
-        return await this.exchange(conn, head, req.start, want, req.into, req.signal)
+        return await this.exchange(conn, head, req.start, want, req.into, req.signal, req.onProgress)
       } catch (err) {
         if (err instanceof StaleConnection && attempt === 0) continue
         if (err instanceof StaleConnection) throw err.cause
@@ -166,7 +172,7 @@ export class DirectRangeReader {
     return conn
   }
 
-  private async exchange (conn: Conn, head: Buffer, start: number, want: number, into: Buffer, signal: AbortSignal | undefined): Promise<DirectRangeOutcome> {
+  private async exchange (conn: Conn, head: Buffer, start: number, want: number, into: Buffer, signal: AbortSignal | undefined, onProgress: ((filled: number) => void) | undefined): Promise<DirectRangeOutcome> {
     this.busy.add(conn)
     return await new Promise<DirectRangeOutcome>((resolve, reject) => {
       const onAbort = (): void => {
@@ -189,6 +195,7 @@ export class DirectRangeReader {
         headBytes: 0,
         close: false,
         nothing: true,
+        onProgress,
         done: (err, outcome) => {
           finish()
           if (err !== undefined) reject(err)
@@ -216,6 +223,7 @@ export class DirectRangeReader {
         conn.scratch.copy(ex.into, ex.pos, 0, n)
       }
       ex.pos += n
+      ex.onProgress?.(ex.pos)
       if (ex.pos === ex.want) this.complete(conn, ex)
       return true
     }
@@ -244,6 +252,7 @@ export class DirectRangeReader {
     ex.close = parsed.headers.get('connection')?.toLowerCase().split(',').some(t => t.trim() === 'close') === true
     if (rest.length > ex.want) ex.close = true // (as above: more than announced)
     ex.pos = rest.copy(ex.into, 0, 0, Math.min(rest.length, ex.want))
+    if (ex.pos > 0) ex.onProgress?.(ex.pos)
     if (ex.pos === ex.want) this.complete(conn, ex)
     return true
   }

@@ -120,7 +120,7 @@ export class RegistryImageStore implements ImageStore {
   }
 
   /** RegistryClient.readBlobRange for this repository (`served`: the bytes are in `into`). */
-  async readBlobRange (digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions = {}): Promise<DirectRangeOutcome> {
+  async readBlobRange (digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions & { onProgress?: (filled: number) => void } = {}): Promise<DirectRangeOutcome> {
     return await this.client.readBlobRange(this.repo, digest, start, end, into, opts)
   }
 

@@ -8,6 +8,8 @@ import { BlobCache } from '../../../fsdaemon/cache/blob-cache.ts'
 import { CacheManager } from '../../../fsdaemon/cache/cache-manager.ts'
 import { CHUNK_MAP_HEADER_SIZE, decodeChunkMap, encodeChunkMapHeader } from '../../../fsdaemon/cache/chunk-map.ts'
 import { planRequests } from '../../../fsdaemon/cache/merge.ts'
+import { RangeBufferPool } from '../../../fsdaemon/cache/buffer-pool.ts'
+import { NaiadError } from '../../../lib/errors/index.ts'
 import { LocalDirRangeSource } from '../../../fsdaemon/fetch/local-source.ts'
 import { MirrorRangeSource } from '../../../fsdaemon/fetch/mirror-source.ts'
 import { RegistryRangeSource } from '../../../fsdaemon/fetch/registry-source.ts'
@@ -261,6 +263,92 @@ describe('BlobCache reads', () => {
     await cache.close()
     await cache.close()
     await expectCode(cache.read(ref(0), 0, 10, chain), 'NAIAD_CLOSED')
+  })
+})
+
+/**
+ * A source that delivers a range in pieces, reporting progress, and waits for `release()` after
+ * each piece; it can corrupt a byte or fail after some bytes.
+ */
+function steppedSource (name: string, opts: { piece: number, corruptAt?: number, failAfter?: number }): RangeSource & { release: () => void, waiting: () => boolean, fetches: number } {
+  let wake: (() => void) | undefined
+  const src = {
+    name,
+    kind: 'mirror' as const,
+    fetches: 0,
+    release: () => { const w = wake; wake = undefined; w?.() },
+    waiting: () => wake !== undefined,
+    healthy: () => true,
+    close: async () => { src.release() },
+    async fetch (_blobId: string, start: number, end: number, o: FetchOptions = {}): Promise<Buffer> {
+      src.fetches++
+      const len = end - start + 1
+      const into = o.alloc !== undefined ? o.alloc(len) : Buffer.alloc(len)
+      for (let pos = 0; pos < len;) {
+        const n = Math.min(opts.piece, len - pos)
+        tb.bytes.copy(into, pos, start + pos, start + pos + n)
+        if (opts.corruptAt !== undefined && opts.corruptAt >= start + pos && opts.corruptAt < start + pos + n) into[opts.corruptAt - start] = (into[opts.corruptAt - start] as number) ^ 0xff
+        pos += n
+        if (opts.failAfter !== undefined && pos >= opts.failAfter) throw new NaiadError('NAIAD_REG_UNAVAILABLE', `${name}: cut off after ${pos} bytes`)
+        o.onProgress?.(into, pos)
+        if (pos < len) await new Promise<void>((resolve) => { wake = resolve })
+      }
+      return into
+    }
+  }
+  return src
+}
+
+describe('BlobCache streaming', () => {
+  it('decodes, verifies and serves the first chunks of a range while the rest is still arriving (shared buffers)', async () => {
+    const src = steppedSource('stream', { piece: ref(3).compressedOffset + ref(3).compressedSize })
+    const chain = new SourceChain({ sources: [src] })
+    cleanups.push(async () => { await chain.close() })
+    const t = await tempDir()
+    cleanups.push(t.cleanup)
+    const cache = new BlobCache({ buffers: new RangeBufferPool(1 << 20, 1024) }, { dir: t.dir, blob: tb.blob, maxRequestBytes: 1 << 20 })
+    await cache.open()
+    cleanups.push(async () => { await cache.close() })
+    const all = tb.refs.map((_, i) => ref(i))
+    const whole = cache.ensure(all, chain)
+    await until(() => cache.isReady(3))
+    // the first four chunks are in, the fetch is still going on
+    expect(src.waiting()).toBe(true)
+    expect([0, 1, 2, 3].map(i => cache.isReady(i))).toEqual([true, true, true, true])
+    expect(cache.isReady(4)).toBe(false)
+    expect((await cache.read(ref(2), 0, ref(2).uncompressedSize, chain)).equals(tb.chunk(2))).toBe(true)
+    while (src.waiting() || all.some(r => !cache.isReady(r.index))) { src.release(); await new Promise(resolve => setTimeout(resolve, 5)) }
+    await whole
+    for (const r of all) expect((await cache.read(r, 0, r.uncompressedSize, chain)).equals(tb.chunk(r.index))).toBe(true)
+    expect(src.fetches).toBe(1)
+    expect(cache.stats()).toMatchObject({ requests: 1, chunksVerified: 16, digestFailures: 0, bytesFetched: { stream: ref(15).compressedOffset + ref(15).compressedSize - ref(0).compressedOffset } })
+  })
+
+  it('a range cut off midway keeps the chunks that arrived; the others fail and are fetched again later', async () => {
+    const src = steppedSource('cut', { piece: ref(2).compressedOffset, failAfter: ref(4).compressedOffset })
+    const chain = new SourceChain({ sources: [src] })
+    cleanups.push(async () => { await chain.close() })
+    const cache = await openCache(tb, { maxRequestBytes: 1 << 20 })
+    const p = cache.ensure([0, 1, 2, 3, 4, 5].map(i => ref(i)), chain)
+    await until(() => src.waiting())
+    src.release()
+    await expectCode(p, 'NAIAD_REG_UNAVAILABLE')
+    expect([0, 1, 2, 3, 4, 5].map(i => cache.isReady(i))).toEqual([true, true, false, false, false, false])
+    expect((await cache.read(ref(4), 0, 100, localChain(tb.dir))).equals(tb.chunk(4).subarray(0, 100))).toBe(true)
+  })
+
+  it('a corrupt chunk in a streamed range is fetched again from the next source; the others are kept', async () => {
+    const src = steppedSource('bad-stream', { piece: 4096, corruptAt: ref(1).compressedOffset + 5 })
+    const chain = new SourceChain({ sources: [src, origin(server)] })
+    cleanups.push(async () => { await chain.close() })
+    server.reset()
+    const cache = await openCache(tb, { maxRequestBytes: 1 << 20 })
+    const p = cache.ensure([0, 1, 2, 3].map(i => ref(i)), chain)
+    while (src.waiting() || [0, 2, 3].some(i => !cache.isReady(i))) { src.release(); await new Promise(resolve => setTimeout(resolve, 5)) }
+    await p
+    for (const i of [0, 1, 2, 3]) expect((await cache.read(ref(i), 0, ref(i).uncompressedSize, chain)).equals(tb.chunk(i))).toBe(true)
+    expect(cache.stats()).toMatchObject({ digestFailures: 1, badBytesFrom: { 'bad-stream': 1 } })
+    expect(server.requests().map(r => r.range)).toEqual([`bytes=${ref(1).compressedOffset}-${ref(1).compressedOffset + ref(1).compressedSize - 1}`])
   })
 })
 

@@ -10,7 +10,7 @@ describe('fsdaemon configuration', () => {
   it('the commented example parses through the real schema and equals the defaults', () => {
     const example = parseConfig(fsdConfigSchema, readFileSync(new URL('systemd/etc/naiad/fsd.toml', root), 'utf8'), 'fsd.toml')
     expect(example).toEqual(parseConfig(fsdConfigSchema, ''))
-    expect(example.fetch.max_request_size).toBe(4 * 1024 * 1024)
+    expect(example.fetch.max_request_size).toBe(8 * 1024 * 1024)
     expect(example.cache.flush_interval).toBe(1000)
   })
 

@@ -72,6 +72,13 @@ describe('DirectRangeReader', () => {
       expect(await r.read({ url: srv.url(), start: s, end: e, into, headers: { authorization: 'Bearer t', 'user-agent': 'naiad/test' } })).toEqual({ served: true })
       expect(into.equals(DATA.subarray(s, e + 1))).toBe(true)
     }
+    // progress: bytes [0, filled) are in, rising to the whole range
+    const seen: number[] = []
+    const into = Buffer.alloc(3 * 1024 * 1024)
+    await r.read({ url: srv.url(), start: 7, end: 7 + into.length - 1, into, onProgress: (f) => { seen.push(f); expect(into.subarray(0, f).equals(DATA.subarray(7, 7 + f))).toBe(true) } })
+    expect(seen.length).toBeGreaterThan(1)
+    expect(seen.every((f, i) => i === 0 || f > seen[i - 1]!)).toBe(true)
+    expect(seen.at(-1)).toBe(into.length)
     expect(srv.sockets()).toBe(1)
     expect(r.connections).toBe(1)
     expect(r.idleConnections).toBe(1)
