@@ -5,6 +5,7 @@
  * SIGKILLed daemon leaves stale mounts behind; the next start detaches and remounts them.
  */
 import { readFileSync } from 'node:fs'
+import { availableParallelism } from 'node:os'
 import { loadConfigFile } from '../lib/config/index.ts'
 import { createLogger, type LogLevel } from '../lib/log/index.ts'
 import { isNaiadError, toExitCode } from '../lib/errors/index.ts'
@@ -12,6 +13,7 @@ import { fsdConfigSchema, type FsdConfig } from './config.ts'
 import { FsDaemon } from './daemon.ts'
 import { ControlServer } from './control/server.ts'
 import { CacheManager } from './cache/index.ts'
+import { ChunkDecodePool } from '../lib/format/decode-pool.ts'
 import { notifyReady, notifyStopping } from '../lib/systemd/index.ts'
 import { holdersFile, parseFuseFds } from '../lib/fsdapi/failover.ts'
 
@@ -75,7 +77,8 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
     return 2
   }
   const log = createLogger({ service: 'fsdaemon', level: cfg.log.level, destination: io.stdout as never, base: { version: version() } })
-  const cache = new CacheManager({ logger: log.child({ component: 'cache' }) }, { dir: cfg.cache.dir, quotaBytes: cfg.cache.quota, flushIntervalMs: cfg.cache.flush_interval, maxRequestBytes: cfg.fetch.max_request_size })
+  const decoder = new ChunkDecodePool({ workers: cfg.fetch.decoder_threads > 0 ? cfg.fetch.decoder_threads : Math.min(4, Math.max(1, availableParallelism() - 1)) })
+  const cache = new CacheManager({ logger: log.child({ component: 'cache' }), decoder }, { dir: cfg.cache.dir, quotaBytes: cfg.cache.quota, flushIntervalMs: cfg.cache.flush_interval, maxRequestBytes: cfg.fetch.max_request_size })
   let fuseFds: Map<string, number>
   try {
     fuseFds = parseFuseFds(o.fuseFd ?? [])
@@ -95,6 +98,7 @@ export async function runFsd (o: FsdCliOptions, io: Io): Promise<number> {
       await notifyStopping('fsdaemon stopping: unmounting', { log })
       await control?.close()
       await daemon.close()
+      await decoder.close()
       log.info('stopped')
     })()
     return stopping

@@ -15,6 +15,7 @@
 import { readdir, rm, stat, utimes, mkdir } from 'node:fs/promises'
 import { join } from 'node:path'
 import { NaiadError, ioError } from '../../lib/errors/index.ts'
+import type { ChunkDecodePool } from '../../lib/format/decode-pool.ts'
 import type { BlobInfo } from '../../lib/format/types.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import { checkBlobId } from '../fetch/util.ts'
@@ -23,6 +24,8 @@ import { lockDir, type DirLock } from './lock.ts'
 
 export interface CacheManagerDeps {
   logger?: Logger
+  /** Decodes fetched chunks for every blob cache (default: the process-wide pool). */
+  decoder?: ChunkDecodePool
   /** Clock (tests). */
   now?: () => number
 }
@@ -68,6 +71,7 @@ export class CacheManager {
   readonly dir: string
   readonly quotaBytes: number
   private readonly log: Logger
+  private readonly decoder: ChunkDecodePool | undefined
   private readonly now: () => number
   private readonly cacheOptions: Pick<BlobCacheOptions, 'maxRequestBytes' | 'maxGapBytes' | 'flushIntervalMs'>
   private readonly quotaCheckIntervalMs: number
@@ -91,6 +95,7 @@ export class CacheManager {
       throw new NaiadError('NAIAD_CFG_INVALID', `cache quota ${this.quotaBytes} and check interval ${this.quotaCheckIntervalMs} must not be negative`)
     }
     this.log = (deps.logger ?? nullLogger()).child({ component: 'fsdaemon.cache', dir: options.dir })
+    this.decoder = deps.decoder
     this.now = deps.now ?? Date.now
     this.cacheOptions = {
       ...(options.maxRequestBytes !== undefined ? { maxRequestBytes: options.maxRequestBytes } : {}),
@@ -164,7 +169,7 @@ export class CacheManager {
         }
         e.users++
       } else {
-        const c = new BlobCache({ logger: this.log }, { ...this.cacheOptions, dir: this.dir, blob })
+        const c = new BlobCache({ logger: this.log, ...(this.decoder !== undefined ? { decoder: this.decoder } : {}) }, { ...this.cacheOptions, dir: this.dir, blob })
         await c.open()
         e = { cache: c, users: 1 }
         this.entries.set(blob.blobId, e)
