@@ -5,7 +5,8 @@
  *   2. metadata walk (find printing size/mode/owner = an lstat per entry) over 10,000 files through
  *      FUSE (cold and warm kernel caches) vs the same tree on the local filesystem;
  *   3. cold read of the 256 MiB file through the registry source vs `curl` of the blob from the
- *      same registry;
+ *      same registry; and, beside it, what merely receiving the blob costs a Node process (the
+ *      blob's bytes in ranges read into reused buffers, nothing else) vs the same curl;
  *   4. bytes fetched to run `python3 -c 'print("hello")'` from an image holding a Python runtime,
  *      against the image's size.
  * Each of 1–3 runs --rounds times (default 3): the table shows the best time of each side and
@@ -29,6 +30,7 @@ import { startRegistry } from '../../test/helpers/registry.ts'
 import { NAIAD_BIN, startNaiad, type Daemon } from '../../test/helpers/daemon.ts'
 import { FsdClient } from '../../lib/fsdapi/index.ts'
 import { parseSize } from '../../lib/config/index.ts'
+import { DirectRangeReader } from '../../lib/registry/index.ts'
 
 const exec = promisify(execFile)
 const args = process.argv.slice(2)
@@ -103,6 +105,28 @@ function cpuDelta (name: string, a: [number, number], b: [number, number]): stri
 
 function dropCaches (what = '3'): void {
   try { writeFileSync('/proc/sys/vm/drop_caches', what) } catch { /* not permitted: results include page cache */ }
+}
+
+/** Seconds to receive bytes [0, size) of `url` in `range`-byte pieces over `conns` connections. */
+async function receiveOnly (url: URL, size: number, range: number, conns: number): Promise<number> {
+  const reader = new DirectRangeReader()
+  const bufs = Array.from({ length: conns }, () => Buffer.allocUnsafeSlow(range))
+  for (const b of bufs) b.fill(0) // (touched once: no page faults in the measurement)
+  let next = 0
+  const t0 = process.hrtime.bigint()
+  try {
+    await Promise.all(bufs.map(async (b) => {
+      while (next < size) {
+        const start = next
+        next = Math.min(size, next + range)
+        const out = await reader.read({ url, start, end: next - 1, into: b.subarray(0, next - start) })
+        if (!out.served) throw new Error(`receive only: ${out.reason}`)
+      }
+    }))
+  } finally {
+    reader.close()
+  }
+  return Number(process.hrtime.bigint() - t0) / 1e9
 }
 
 async function main (): Promise<void> {
@@ -185,8 +209,20 @@ async function main (): Promise<void> {
         await d.stop()
         if (round < rounds - 1) rmSync(coldCache, { recursive: true, force: true })
       }
+      // what receiving the blob costs this process alone: the same bytes in ranges of
+      // fetch.max_request_size over two kept-alive connections, read by the kernel into reused
+      // buffers (the fsdaemon's direct reads), nothing decoded, cached or served
+      const receives: number[] = []
+      if (ONLY.has('cold')) {
+        for (let round = 0; round < rounds; round++) {
+          dropCaches()
+          receives.push(await receiveOnly(new URL(`${reg.url}/v2/bench/big/blobs/sha256:${blob.blobId}`), blob.compressedSize, 8 << 20, 2))
+          process.stderr.write(`receive only: ${receives[round]!.toFixed(2)} s\n`)
+        }
+      }
       const s = best(reads)
       const c = best(curls)
+      if (ONLY.has('cold')) row(`receive only: the blob's bytes in 8 MiB ranges into reused buffers, in this Node process (no decoding, cache or FUSE)`, `${best(receives).toFixed(2)} s${span(receives, x => x.toFixed(2))}`, `curl of the ${(blob.compressedSize / 2 ** 20).toFixed(0)} MiB blob`, `${c.toFixed(2)} s${span(curls, x => x.toFixed(2))}`, ratio(curls, receives))
       if (ONLY.has('cold')) row(`cold read ${mib} MiB through the registry source`, `${s.toFixed(2)} s (${(mib / s).toFixed(0)} MiB/s)${span(reads, x => x.toFixed(2))}`, `curl of the ${(blob.compressedSize / 2 ** 20).toFixed(0)} MiB blob`, `${c.toFixed(2)} s${span(curls, x => x.toFixed(2))}`, ratio(curls, reads))
     }
     // 1. warm read: chunks in the disk cache (from the cold run), FUSE page cache empty (dropped

@@ -10,14 +10,21 @@
  * healthy again as soon as a health check passes. A 404/401/403 is the origin's answer relayed,
  * not a mirror failure. A request it serves (the chain tries unhealthy sources as a last resort)
  * also makes it healthy again. The mirror never retries: the chain falls back to the next source.
+ *
+ * Over plain HTTP (the node's peer), a range is first read straight into the cache's buffer
+ * (lib/registry DirectRangeReader, docs/decisions/0006-direct-range-reads.md); any answer but a
+ * 206 of exactly the bytes asked for is asked again through undici, which maps it to an error as
+ * before. A mirror whose 206 answers the direct read cannot take is read through undici from
+ * then on.
  */
 import { setMaxListeners } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
-import { NaiadError } from '../../lib/errors/index.ts'
+import { NaiadError, isNaiadError } from '../../lib/errors/index.ts'
+import { DirectRangeReader, isDirectUrl } from '../../lib/registry/index.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
 import { discard, networkError, readExcerpt, safeUrl, statusError } from '../../lib/registry/errors.ts'
 import type { FetchOptions, RangeSource } from '../types.ts'
-import { abortReason, checkBlobId, checkRange, describeError, isCallerAbort, linkSignals, readExact } from './util.ts'
+import { abortReason, checkBlobId, checkRange, describeError, isCallerAbort, linkSignals, ownedBuffer, readExact } from './util.ts'
 
 export interface MirrorRangeSourceDeps {
   /** HTTP dispatcher (default: an own undici Agent, closed by close()). */
@@ -49,6 +56,8 @@ export interface MirrorRangeSourceOptions {
   healthTimeoutMs?: number
   /** Consecutive failures that make the mirror unhealthy (default 3). */
   failureThreshold?: number
+  /** Read plain-HTTP ranges straight into the cache's buffers (default true; not with an injected dispatcher). */
+  direct?: boolean
 }
 
 export interface MirrorStats {
@@ -58,6 +67,8 @@ export interface MirrorStats {
   healthCheckFailures: number
   /** Times the mirror went unhealthy. */
   markedUnhealthy: number
+  /** Ranges read directly into the cache's buffers. */
+  directReads: number
 }
 
 const REPOSITORY = /^[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*(?:\/[a-z0-9]+(?:(?:[._]|__|-+)[a-z0-9]+)*)*$/
@@ -85,7 +96,8 @@ export class MirrorRangeSource implements RangeSource {
   private checking: Promise<void> | undefined
   private isHealthy = true
   private failures = 0
-  private readonly counters = { healthChecks: 0, healthCheckFailures: 0, markedUnhealthy: 0 }
+  private readonly counters = { healthChecks: 0, healthCheckFailures: 0, markedUnhealthy: 0, directReads: 0 }
+  private direct: DirectRangeReader | undefined
 
   constructor (deps: MirrorRangeSourceDeps, options: MirrorRangeSourceOptions) {
     let base: URL
@@ -118,6 +130,7 @@ export class MirrorRangeSource implements RangeSource {
     this.healthIntervalMs = options.healthIntervalMs ?? 5000
     this.healthTimeoutMs = options.healthTimeoutMs ?? 2000
     this.failureThreshold = options.failureThreshold ?? 3
+    this.direct = (options.direct ?? true) && deps.dispatcher === undefined && isDirectUrl(base) ? new DirectRangeReader({ idleTimeoutMs: this.timeoutMs }) : undefined
     if (!(this.timeoutMs > 0) || !(this.healthIntervalMs > 0) || !(this.healthTimeoutMs > 0) || !Number.isInteger(this.failureThreshold) || this.failureThreshold < 1) {
       throw new NaiadError('NAIAD_CFG_INVALID', `mirror ${this.url}: timeouts and intervals must be positive, failureThreshold at least 1`)
     }
@@ -230,6 +243,24 @@ export class MirrorRangeSource implements RangeSource {
         const auth = await this.authorization(deadline.signal)
         if (auth !== undefined) headers['authorization'] = auth
       }
+      let into: Buffer | undefined
+      if (this.direct !== undefined) {
+        into = opts.alloc !== undefined ? opts.alloc(end - start + 1) : Buffer.allocUnsafeSlow(end - start + 1)
+        const progress = opts.onProgress
+        const target = into
+        const out = await this.direct.read({ url, headers: { 'user-agent': headers['user-agent']!, 'x-naiad-origin': this.origin, 'x-naiad-priority': headers['x-naiad-priority']!, ...(headers['authorization'] !== undefined ? { authorization: headers['authorization'] } : {}) }, start, end, into, signal: deadline.signal, ...(progress !== undefined ? { onProgress: (filled: number) => { progress(target, filled) } } : {}) })
+          .catch((err: unknown) => { throw isNaiadError(err) ? new NaiadError(err.code, `${what}: ${err.message}`, { cause: err, details: { source: this.name } }) : err })
+        if (out.served) {
+          this.counters.directReads++
+          this.succeeded()
+          return ownedBuffer(into)
+        }
+        if (out.status === 206) {
+          this.log.info({ reason: out.reason }, 'mirror answers ranges in a way direct reads do not take; reading through the HTTP client from now on')
+          this.direct.close()
+          this.direct = undefined
+        }
+      }
       let res: Dispatcher.ResponseData
       try {
         res = await this.dispatcher().request({
@@ -265,7 +296,8 @@ export class MirrorRangeSource implements RangeSource {
       }
       let data: Buffer
       try {
-        data = await readExact(res.body, end - start + 1, what, opts.alloc)
+        const reuse = into
+        data = await readExact(res.body, end - start + 1, what, reuse !== undefined ? () => reuse : opts.alloc)
       } catch (err) {
         throw networkError(err, what, url, 1)
       }
@@ -291,6 +323,7 @@ export class MirrorRangeSource implements RangeSource {
     this.timer = undefined
     this.closing.abort(new NaiadError('NAIAD_CLOSED', `blob source ${this.name} is closed`))
     await this.checking?.catch(() => undefined)
+    this.direct?.close()
     const a = this.agent
     this.agent = undefined
     if (a !== undefined) await a.close().catch(() => undefined)

@@ -113,6 +113,39 @@ describe('MirrorRangeSource', () => {
     expect(mirrorSrv.requests()[2]?.headers.authorization).toBe('Bearer secret-token')
   })
 
+  it('reads ranges straight into the buffer it is given; a mirror whose 206 the direct read cannot take is read through undici from then on', async () => {
+    reset()
+    const m = mirrorSource(mirrorSrv)
+    const given: Buffer[] = []
+    const got = await m.fetch(id(), 5, 4004, { alloc: (n) => { const b = Buffer.alloc(n); given.push(b); return b } })
+    expect(got.equals(slice(5, 4004))).toBe(true)
+    expect(got).toBe(given[0])
+    expect(m.stats().directReads).toBe(1)
+    // errors keep their mapping (the direct read does not take the 404; undici's answer is mapped)
+    mirrorSrv.failStatus = 404
+    expect((await caught(m.fetch(id(), 0, 9))).code).toBe('NAIAD_REG_NOT_FOUND')
+    expect(m.stats()).toMatchObject({ directReads: 1, consecutiveFailures: 0 })
+
+    // a mirror answering 206 in chunks (no Content-Length)
+    let gets = 0
+    const chunked = http.createServer((req, res) => {
+      gets++
+      const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')!
+      const [a, b] = [Number(r[1]), Number(r[2])]
+      res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${tb.bytes.length}` })
+      res.write(tb.bytes.subarray(a, a + 1))
+      res.end(tb.bytes.subarray(a + 1, b + 1))
+    })
+    await new Promise<void>(resolve => chunked.listen(0, '127.0.0.1', resolve))
+    cleanups.push(async () => { chunked.closeAllConnections(); await new Promise(resolve => chunked.close(resolve)) })
+    const c = new MirrorRangeSource({}, { url: `http://127.0.0.1:${(chunked.address() as { port: number }).port}`, repository: 'test/app', origin: 'http://127.0.0.1:5000' })
+    cleanups.push(async () => { await c.close() })
+    expect((await c.fetch(id(), 0, 99)).equals(slice(0, 99))).toBe(true)
+    expect((await c.fetch(id(), 100, 199)).equals(slice(100, 199))).toBe(true)
+    expect(gets).toBe(3)
+    expect(c.stats().directReads).toBe(0)
+  })
+
   it('keeps a path prefix of the mirror URL', async () => {
     reset()
     const m = new MirrorRangeSource({}, { url: `${mirrorSrv.url}/`, repository: 'test/app', origin: 'http://127.0.0.1:5000' })
