@@ -131,7 +131,10 @@ export class DirectRangeReader {
   private takeIdle (origin: string): Conn | undefined {
     const list = this.idle.get(origin)
     for (let c = list?.pop(); c !== undefined; c = list?.pop()) {
-      if (!c.socket.destroyed) return c
+      if (!c.socket.destroyed) {
+        c.socket.ref()
+        return c
+      }
     }
     return undefined
   }
@@ -277,6 +280,8 @@ export class DirectRangeReader {
     let list = this.idle.get(conn.origin)
     if (list === undefined) { list = []; this.idle.set(conn.origin, list) }
     if (list.length >= this.maxIdle) { conn.socket.destroy(); return }
+    // an idle connection does not keep the process alive
+    conn.socket.unref()
     list.push(conn)
   }
 

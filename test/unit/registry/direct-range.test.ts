@@ -2,12 +2,15 @@
  * DirectRangeReader against real loopback servers: node:http for well-formed answers, raw
  * net servers for answers node:http would not send (split heads, extra bytes, cut bodies).
  */
+import { execFile } from 'node:child_process'
 import { randomBytes } from 'node:crypto'
+import { promisify } from 'node:util'
 import { createServer, type IncomingMessage, type Server, type ServerResponse } from 'node:http'
 import { createServer as createNetServer, type Server as NetServer, type Socket } from 'node:net'
 import { afterEach, describe, expect, it } from 'vitest'
 import { DirectRangeReader, parseHead } from '../../../lib/registry/direct-range.ts'
 
+const execFileP = promisify(execFile)
 const DATA = randomBytes(8 * 1024 * 1024 + 123)
 const cleanup: Array<() => Promise<void> | void> = []
 afterEach(async () => {
@@ -29,6 +32,7 @@ async function httpServer (special?: (req: IncomingMessage, res: ServerResponse)
     res.writeHead(206, { 'content-length': e - s + 1, 'content-range': `bytes ${s}-${e}/${DATA.length}` })
     res.end(DATA.subarray(s, e + 1))
   })
+  server.keepAliveTimeout = 60_000 // (idle connections stay open on the server's side)
   server.on('connection', () => { sockets++ })
   await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
   cleanup.push(async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) })
@@ -82,6 +86,16 @@ describe('DirectRangeReader', () => {
     expect(srv.sockets()).toBe(1)
     expect(r.connections).toBe(1)
     expect(r.idleConnections).toBe(1)
+    // an idle connection does not keep a process alive
+    // (the built module: the child is plain node)
+    const built = new URL(import.meta.url.includes('/dist/test/') ? '../../../lib/registry/direct-range.js' : '../../../dist/lib/registry/direct-range.js', import.meta.url).pathname
+    const script = `import { DirectRangeReader } from ${JSON.stringify(built)}
+      const r = new DirectRangeReader(); const into = Buffer.alloc(10)
+      console.log(JSON.stringify(await r.read({ url: new URL(${JSON.stringify(srv.url().href)}), start: 0, end: 9, into })), r.idleConnections)`
+    const t0 = Date.now()
+    const { stdout } = await execFileP(process.execPath, ['--input-type=module', '-e', script], { timeout: 20_000 })
+    expect(stdout.trim()).toBe('{"served":true} 1')
+    expect(Date.now() - t0).toBeLessThan(5_000)
     expect(srv.seen[0]!.headers).toMatchObject({ authorization: 'Bearer t', 'user-agent': 'naiad/test', range: 'bytes=0-0', host: srv.url().host })
   })
 
