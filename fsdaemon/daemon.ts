@@ -383,13 +383,14 @@ export class FsDaemon {
     return [...this.mounts.values()].map(m => this.info(m))
   }
 
-  snapshot (): { mounts: MountInfo[], cacheBytes: number, sources: Record<string, { bytes: number, errors: number }> } {
-    const sources: Record<string, { bytes: number, errors: number }> = {}
+  snapshot (): { mounts: MountInfo[], cacheBytes: number, sources: Record<string, { bytes: number, errors: number, directReads: number }> } {
+    const sources: Record<string, { bytes: number, errors: number, directReads: number }> = {}
     for (const m of this.mounts.values()) {
       for (const [name, s] of Object.entries(m.chain.stats())) {
-        const agg = sources[name] ?? { bytes: 0, errors: 0 }
+        const agg = sources[name] ?? { bytes: 0, errors: 0, directReads: 0 }
         agg.bytes += s.bytes
         agg.errors += s.errors
+        agg.directReads += s.directReads ?? 0
         sources[name] = agg
       }
     }

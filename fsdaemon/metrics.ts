@@ -5,7 +5,7 @@
 import { Registry, Gauge, collectDefaultMetrics } from 'prom-client'
 import type { MountInfo } from '../lib/fsdapi/index.ts'
 
-interface Snapshot { mounts: MountInfo[], cacheBytes: number, sources: Record<string, { bytes: number, errors: number }> }
+interface Snapshot { mounts: MountInfo[], cacheBytes: number, sources: Record<string, { bytes: number, errors: number, directReads: number }> }
 
 export class FsdMetrics {
   readonly registry = new Registry()
@@ -25,6 +25,10 @@ export class FsdMetrics {
     g('naiad_fsd_source_errors_total', 'failed fetches, per source', ['source'], (x) => {
       x.reset()
       for (const [source, s] of Object.entries(snapshot().sources)) x.set({ source }, s.errors)
+    })
+    g('naiad_fsd_source_direct_reads_total', 'Range responses read straight into the cache\'s buffers (plain HTTP, no HTTP library), per source', ['source'], (x) => {
+      x.reset()
+      for (const [source, s] of Object.entries(snapshot().sources)) x.set({ source }, s.directReads)
     })
     const perMount = (name: string, help: string, f: (m: MountInfo) => number): void => {
       g(name, help, ['mountpoint'], (x) => {

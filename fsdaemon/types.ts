@@ -41,6 +41,8 @@ export interface RangeSource {
   readonly name: string
   /** 'origin' | 'mirror' | 'local' */
   readonly kind: 'origin' | 'mirror' | 'local'
+  /** Optional: ranges read so far straight into the caller's buffers (plain-HTTP direct reads). */
+  directReads? (): number
   /**
    * Returns exactly the bytes [start, end] (inclusive) of the blob, or throws (NaiadError with a
    * REG/FS code; never returns short data).

@@ -138,6 +138,8 @@ export class MirrorRangeSource implements RangeSource {
 
   healthy (): boolean { return this.isHealthy && !this.closed }
 
+  directReads (): number { return this.counters.directReads }
+
   stats (): MirrorStats {
     return { healthy: this.healthy(), consecutiveFailures: this.failures, ...this.counters }
   }

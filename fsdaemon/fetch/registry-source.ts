@@ -87,6 +87,8 @@ export class RegistryRangeSource implements RangeSource {
     }
   }
 
+  directReads (): number { return this.directStats.served }
+
   /** The origin is always worth trying; its failures are per request. */
   healthy (): boolean { return !this.closed }
 

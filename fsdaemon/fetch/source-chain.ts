@@ -38,6 +38,8 @@ export interface SourceStats {
   errors: number
   /** Times the source was passed over as unhealthy. */
   skipped: number
+  /** Ranges read straight into the cache's buffers (sources that can: plain-HTTP origin, mirrors). */
+  directReads?: number
   lastError?: string
 }
 
@@ -76,7 +78,8 @@ export class SourceChain implements ChunkFetcher {
     const out: Record<string, SourceStats> = {}
     for (const s of this.sources) {
       const st = this.perSource.get(s.name) as SourceStats
-      out[s.name] = { ...st, healthy: s.healthy() }
+      const direct = s.directReads?.()
+      out[s.name] = { ...st, healthy: s.healthy(), ...(direct !== undefined ? { directReads: direct } : {}) }
     }
     return out
   }

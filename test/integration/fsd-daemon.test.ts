@@ -294,6 +294,8 @@ describe('fsdaemon against a real registry', () => {
     const metrics = await client.metrics()
     expect(metrics).toContain('naiad_fsd_mounts 1')
     expect(metrics).toMatch(/naiad_fsd_source_bytes_total\{source="origin"\} \d+/)
+    // the registry is plain HTTP: its ranges were read straight into the cache's buffers
+    expect(metrics).toMatch(/naiad_fsd_source_direct_reads_total\{source="origin"\} [1-9]\d*/)
     await client.unmount(mnt)
     expect(mounted(mnt)).toBe(false)
     await expect(client.unmount(mnt)).rejects.toMatchObject({ code: 'NAIAD_FS_NOT_MOUNTED' })
