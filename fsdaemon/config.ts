@@ -29,7 +29,7 @@ export const fsdConfigSchema = s.object({
     retries: s.integer({ default: 3, min: 0, max: 20, description: 'retries per source (with backoff) before falling back to the next source' }),
     plain_http: s.boolean({ default: false, description: 'use plain HTTP for every registry (default: only loopback registries)' }),
     decoder_threads: s.integer({ default: 0, min: 0, max: 64, description: 'threads that decompress, verify and cache fetched chunks; 0: one fewer than the CPUs, at least 1 and at most 4 (on 2 vCPUs one thread beat two: 0.74-0.88 s vs 0.79-1.05 s per cold 256 MiB read)' }),
-    direct_http: s.boolean({ default: true, description: 'read plain-HTTP Range responses of the origin straight into the cache\'s buffers, without an HTTP library (anything but a 206 is asked again through it; a registry that redirects blobs turns this off for itself)' })
+    direct_http: s.boolean({ default: true, description: 'read plain-HTTP Range responses of the origin straight into the cache\'s buffers, without an HTTP library (anything but a 206 of exactly the bytes asked for is asked again through it; a registry that redirects blobs or answers ranges chunked turns this off for itself)' })
   }, { description: 'fetching chunks from blob sources' }),
   mirrors: s.array(s.object({
     url: s.string({ pattern: /^https?:\/\/[^/\s]+\/?$/, description: 'base URL of the mirror, e.g. http://127.0.0.1:65001 (the node\'s p2p peer)' }),

@@ -134,8 +134,9 @@ export class RegistryRangeSource implements RangeSource {
   /**
    * One direct read (no retries): true when the bytes are in `into`. Anything else is left to the
    * getBlob path, which retries and maps errors: a failure is logged at debug level; an answer
-   * the direct read does not take (a redirect, or a store that cannot read directly) turns direct
-   * reads off for this source, other statuses (401 with an expired token, 404, 5xx) do not.
+   * that says the registry's ranges are not for direct reads (a redirect, a 206 in a form they do
+   * not take: chunked, encoded; or a store that cannot read directly) turns direct reads off for
+   * this source, other statuses (401 with an expired token, 404, 5xx) do not.
    */
   private async fetchDirect (digest: Digest, start: number, end: number, into: Buffer, what: string, signal: AbortSignal | undefined, onProgress: ((filled: number) => void) | undefined): Promise<boolean> {
     const read = this.store.readBlobRange
@@ -149,7 +150,7 @@ export class RegistryRangeSource implements RangeSource {
         return true
       }
       const status = out.status ?? 0
-      if (status === 0 || (status >= 300 && status < 400)) {
+      if (status === 0 || status === 206 || (status >= 300 && status < 400)) {
         this.direct = false
         this.log.debug({ status }, 'direct range reads off for this source')
       }

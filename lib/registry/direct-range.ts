@@ -336,6 +336,8 @@ function checkRangeHead (h: Head, start: number, want: number): string | undefin
   const cr = /^bytes (\d+)-(\d+)\/(?:\d+|\*)$/.exec(h.headers.get('content-range') ?? '')
   if (cr === null || Number(cr[1]) !== start || Number(cr[2]) !== start + want - 1) return `content-range ${h.headers.get('content-range') ?? '(none)'} for bytes ${start}-${start + want - 1}`
   if (h.headers.has('transfer-encoding')) return `transfer-encoding ${h.headers.get('transfer-encoding') ?? ''}`
+  const coding = h.headers.get('content-encoding')
+  if (coding !== undefined && coding.toLowerCase() !== 'identity') return `content-encoding ${coding}`
   const length = h.headers.get('content-length')
   if (length === undefined || !/^\d+$/.test(length) || Number(length) !== want) return `content-length ${length ?? '(none)'} for ${want} bytes`
   return undefined

@@ -396,7 +396,7 @@ describe('RegistryRangeSource', () => {
     expect((await caught(src.fetch(id(), 0, 9))).code).toBe('NAIAD_REG_RANGE_UNSUPPORTED')
   })
 
-  it('turns direct reads off for a registry that redirects blobs, and for a store that cannot read directly', async () => {
+  it('turns direct reads off for a registry that redirects blobs or answers ranges chunked, and for a store that cannot read directly', async () => {
     const storage = await startFakeRegistry()
     const f = await startFakeRegistry({ redirectBlobsTo: storage })
     cleanups.push(async () => { await f.stop(); await storage.stop() })
@@ -409,6 +409,23 @@ describe('RegistryRangeSource', () => {
     expect(gets).toHaveLength(4)
     expect(storage.requests).toHaveLength(3)
     expect(src.directStats).toEqual({ served: 0, failed: 0 })
+
+    // a registry answering ranges chunked: one direct try, then the client only
+    let chunkedGets = 0
+    const chunked = http.createServer((req, res) => {
+      chunkedGets++
+      const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')!
+      const [a, b] = [Number(r[1]), Number(r[2])]
+      res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${tb.bytes.length}` })
+      res.write(tb.bytes.subarray(a, a + 1))
+      res.end(tb.bytes.subarray(a + 1, b + 1))
+    })
+    await new Promise<void>(resolve => chunked.listen(0, '127.0.0.1', resolve))
+    cleanups.push(async () => { chunked.closeAllConnections(); await new Promise(resolve => chunked.close(resolve)) })
+    const { src: viaChunked } = directSource({ host: `127.0.0.1:${(chunked.address() as { port: number }).port}` })
+    for (let k = 0; k < 3; k++) expect((await viaChunked.fetch(id(), k * 10, k * 10 + 9)).equals(slice(k * 10, k * 10 + 9))).toBe(true)
+    expect(chunkedGets).toBe(4)
+    expect(viaChunked.directStats).toEqual({ served: 0, failed: 0 })
 
     const https = new RegistryClient({}, { endpoint: '127.0.0.1:1' })
     const never = new RegistryRangeSource({ store: { getBlob: async () => { throw new Error('unused') }, readBlobRange: async (d, s, e, into, o) => await https.readBlobRange('a', d, s, e, into, o) } }, { retries: 0 })

@@ -120,12 +120,13 @@ describe('DirectRangeReader', () => {
       if (p === '/other-range') { res.writeHead(206, { 'content-length': 10, 'content-range': 'bytes 5-14/100' }); res.end(DATA.subarray(5, 15)); return true }
       if (p === '/clamped') { res.writeHead(206, { 'content-length': 5, 'content-range': 'bytes 0-4/5' }); res.end(DATA.subarray(0, 5)); return true }
       if (p === '/chunked') { res.writeHead(206, { 'content-range': 'bytes 0-9/100' }); res.write(DATA.subarray(0, 4)); res.end(DATA.subarray(4, 10)); return true }
+      if (p === '/gzip') { res.writeHead(206, { 'content-range': 'bytes 0-9/100', 'content-length': 10, 'content-encoding': 'gzip' }); res.end(DATA.subarray(0, 10)); return true }
       return false
     })
     const r = reader()
     const cases: Array<[string, number, RegExp]> = [
       ['/redirect', 307, /status 307/], ['/401', 401, /status 401/], ['/404', 404, /status 404/], ['/whole', 200, /status 200/],
-      ['/other-range', 206, /content-range bytes 5-14\/100 for bytes 0-9/], ['/clamped', 206, /content-range bytes 0-4\/5/], ['/chunked', 206, /transfer-encoding chunked/]
+      ['/other-range', 206, /content-range bytes 5-14\/100 for bytes 0-9/], ['/clamped', 206, /content-range bytes 0-4\/5/], ['/chunked', 206, /transfer-encoding chunked/], ['/gzip', 206, /content-encoding gzip/]
     ]
     for (const [path, status, reason] of cases) {
       const out = await r.read({ url: srv.url(path), start: 0, end: 9, into: Buffer.alloc(10) })
