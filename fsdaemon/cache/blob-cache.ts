@@ -474,7 +474,9 @@ export class BlobCache implements ChunkReader {
         const dispatch = (data: Buffer, upto: number, source: string): void => {
           const batch = r.chunks.slice(next, upto)
           next = upto
-          jobs.push(this.decodeBatch(batch, data, r.start, source, mine, { exclude, bad, again }))
+          const job = this.decodeBatch(batch, data, r.start, source, mine, { exclude, bad, again })
+          job.catch(() => { /* seen by Promise.all below; not unhandled while the fetch goes on */ })
+          jobs.push(job)
         }
         const onProgress = (data: Buffer, filled: number, source?: string): void => {
           let k = next
