@@ -61,6 +61,22 @@ function directSource (srv: { host: string }, opts: { retries?: number } = {}): 
   return { src, client }
 }
 
+/** A server answering every Range GET of the test blob with a 206 in chunked encoding (no Content-Length). */
+async function chunkedRangeServer (): Promise<{ host: string, gets: () => number }> {
+  let gets = 0
+  const server = http.createServer((req, res) => {
+    gets++
+    const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')!
+    const [a, b] = [Number(r[1]), Number(r[2])]
+    res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${tb.bytes.length}` })
+    res.write(tb.bytes.subarray(a, a + 1))
+    res.end(tb.bytes.subarray(a + 1, b + 1))
+  })
+  await new Promise<void>(resolve => server.listen(0, '127.0.0.1', resolve))
+  cleanups.push(async () => { server.closeAllConnections(); await new Promise(resolve => server.close(resolve)) })
+  return { host: `127.0.0.1:${(server.address() as { port: number }).port}`, gets: () => gets }
+}
+
 function mirrorSource (srv: BlobServer, opts: Partial<ConstructorParameters<typeof MirrorRangeSource>[1]> = {}, auth?: () => Promise<string | undefined>, logger?: ReturnType<typeof recordingLogger>['logger']): MirrorRangeSource {
   const m = new MirrorRangeSource({ ...(auth !== undefined ? { authorization: auth } : {}), ...(logger !== undefined ? { logger } : {}) }, { url: srv.url, repository: 'test/app', origin: 'https://registry.example:5000', ...opts })
   cleanups.push(async () => { await m.close() })
@@ -127,22 +143,12 @@ describe('MirrorRangeSource', () => {
     expect(m.stats()).toMatchObject({ directReads: 1, consecutiveFailures: 0 })
 
     // a mirror answering 206 in chunks (no Content-Length)
-    let gets = 0
-    const chunked = http.createServer((req, res) => {
-      gets++
-      const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')!
-      const [a, b] = [Number(r[1]), Number(r[2])]
-      res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${tb.bytes.length}` })
-      res.write(tb.bytes.subarray(a, a + 1))
-      res.end(tb.bytes.subarray(a + 1, b + 1))
-    })
-    await new Promise<void>(resolve => chunked.listen(0, '127.0.0.1', resolve))
-    cleanups.push(async () => { chunked.closeAllConnections(); await new Promise(resolve => chunked.close(resolve)) })
-    const c = new MirrorRangeSource({}, { url: `http://127.0.0.1:${(chunked.address() as { port: number }).port}`, repository: 'test/app', origin: 'http://127.0.0.1:5000' })
+    const chunked = await chunkedRangeServer()
+    const c = new MirrorRangeSource({}, { url: `http://${chunked.host}`, repository: 'test/app', origin: 'http://127.0.0.1:5000' })
     cleanups.push(async () => { await c.close() })
     expect((await c.fetch(id(), 0, 99)).equals(slice(0, 99))).toBe(true)
     expect((await c.fetch(id(), 100, 199)).equals(slice(100, 199))).toBe(true)
-    expect(gets).toBe(3)
+    expect(chunked.gets()).toBe(3)
     expect(c.stats().directReads).toBe(0)
   })
 
@@ -411,20 +417,10 @@ describe('RegistryRangeSource', () => {
     expect(src.directStats).toEqual({ served: 0, failed: 0 })
 
     // a registry answering ranges chunked: one direct try, then the client only
-    let chunkedGets = 0
-    const chunked = http.createServer((req, res) => {
-      chunkedGets++
-      const r = /^bytes=(\d+)-(\d+)$/.exec(req.headers.range ?? '')!
-      const [a, b] = [Number(r[1]), Number(r[2])]
-      res.writeHead(206, { 'content-range': `bytes ${a}-${b}/${tb.bytes.length}` })
-      res.write(tb.bytes.subarray(a, a + 1))
-      res.end(tb.bytes.subarray(a + 1, b + 1))
-    })
-    await new Promise<void>(resolve => chunked.listen(0, '127.0.0.1', resolve))
-    cleanups.push(async () => { chunked.closeAllConnections(); await new Promise(resolve => chunked.close(resolve)) })
-    const { src: viaChunked } = directSource({ host: `127.0.0.1:${(chunked.address() as { port: number }).port}` })
+    const chunked = await chunkedRangeServer()
+    const { src: viaChunked } = directSource(chunked)
     for (let k = 0; k < 3; k++) expect((await viaChunked.fetch(id(), k * 10, k * 10 + 9)).equals(slice(k * 10, k * 10 + 9))).toBe(true)
-    expect(chunkedGets).toBe(4)
+    expect(chunked.gets()).toBe(4)
     expect(viaChunked.directStats).toEqual({ served: 0, failed: 0 })
 
     const https = new RegistryClient({}, { endpoint: '127.0.0.1:1' })
