@@ -530,7 +530,7 @@ export class BlobCache implements ChunkReader {
       this.settle(c.index, mine, undefined)
     }
     const owned = !(data.buffer instanceof SharedArrayBuffer) && isOwnedBuffer(data)
-    const decoded = await this.decoder.decodeInto(fd, batch, data, dataStart, { owned, onInput: this.recycle, onWritten: settleWritten })
+    const decoded = await this.decoder.decodeInto(fd, batch, data, dataStart, { owned, onWritten: settleWritten })
     const good: Array<{ c: ChunkRef, data: Buffer }> = []
     let verified = 0
     let views = false

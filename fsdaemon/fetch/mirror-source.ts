@@ -14,8 +14,8 @@
  * Over plain HTTP (the node's peer), a range is first read straight into the cache's buffer
  * (lib/registry DirectRangeReader, docs/decisions/0006-direct-range-reads.md); any answer but a
  * 206 of exactly the bytes asked for is asked again through undici, which maps it to an error as
- * before. A mirror whose 206 answers the direct read cannot take is read through undici from
- * then on.
+ * before. A mirror whose answers say its ranges are not for direct reads (a redirect, a 206 in
+ * a form not taken) is read through undici from then on.
  */
 import { setMaxListeners } from 'node:events'
 import { Agent, type Dispatcher } from 'undici'
@@ -250,15 +250,16 @@ export class MirrorRangeSource implements RangeSource {
         into = opts.alloc !== undefined ? opts.alloc(end - start + 1) : Buffer.allocUnsafeSlow(end - start + 1)
         const progress = opts.onProgress
         const target = into
-        const out = await this.direct.read({ url, headers: { 'user-agent': headers['user-agent']!, 'x-naiad-origin': this.origin, 'x-naiad-priority': headers['x-naiad-priority']!, ...(headers['authorization'] !== undefined ? { authorization: headers['authorization'] } : {}) }, start, end, into, signal: deadline.signal, ...(progress !== undefined ? { onProgress: (filled: number) => { progress(target, filled) } } : {}) })
+        // (the reader writes its own Range line)
+        const out = await this.direct.read({ url, headers, start, end, into, signal: deadline.signal, ...(progress !== undefined ? { onProgress: (filled: number) => { progress(target, filled) } } : {}) })
           .catch((err: unknown) => { throw isNaiadError(err) ? new NaiadError(err.code, `${what}: ${err.message}`, { cause: err, details: { source: this.name } }) : err })
         if (out.served) {
           this.counters.directReads++
           this.succeeded()
           return ownedBuffer(into)
         }
-        if (out.status === 206) {
-          this.log.info({ reason: out.reason }, 'mirror answers ranges in a way direct reads do not take; reading through the HTTP client from now on')
+        if (out.stop) {
+          this.log.info({ status: out.status, reason: out.reason }, 'mirror answers ranges in a way direct reads do not take; reading through the HTTP client from now on')
           this.direct.close()
           this.direct = undefined
         }

@@ -14,7 +14,7 @@ import type { Readable } from 'node:stream'
 import { parseDigest, type Digest } from '../../lib/digest/index.ts'
 import { NaiadError, isNaiadError } from '../../lib/errors/index.ts'
 import { nullLogger, type Logger } from '../../lib/log/index.ts'
-import type { GetBlobOptions } from '../../lib/registry/index.ts'
+import type { DirectRangeOutcome, GetBlobOptions } from '../../lib/registry/index.ts'
 import type { FetchOptions, RangeSource } from '../types.ts'
 import { checkBlobId, checkRange, describeError, isCallerAbort, linkSignals, ownedBuffer, readExact, sleep, abortReason } from './util.ts'
 
@@ -23,9 +23,9 @@ export interface BlobRangeStore {
   getBlob (digest: Digest, opts?: GetBlobOptions): Promise<Readable>
   /**
    * Optional: the range straight into `into` (RegistryImageStore over plain HTTP); `served:
-   * false` (with the answer's status, 0 when it cannot try) and the source uses getBlob.
+   * false` and the source uses getBlob (with `stop`, for every later range too).
    */
-  readBlobRange? (digest: Digest, start: number, end: number, into: Buffer, opts?: { signal?: AbortSignal, onProgress?: (filled: number) => void }): Promise<{ served: boolean, status?: number }>
+  readBlobRange? (digest: Digest, start: number, end: number, into: Buffer, opts?: { signal?: AbortSignal, onProgress?: (filled: number) => void }): Promise<DirectRangeOutcome>
 }
 
 export interface RegistryRangeSourceDeps {
@@ -134,9 +134,8 @@ export class RegistryRangeSource implements RangeSource {
   /**
    * One direct read (no retries): true when the bytes are in `into`. Anything else is left to the
    * getBlob path, which retries and maps errors: a failure is logged at debug level; an answer
-   * that says the registry's ranges are not for direct reads (a redirect, a 206 in a form they do
-   * not take: chunked, encoded; or a store that cannot read directly) turns direct reads off for
-   * this source, other statuses (401 with an expired token, 404, 5xx) do not.
+   * that says the registry's ranges are not for direct reads (`stop`: a redirect, a 206 in a form
+   * not taken; or a store that cannot read directly) turns direct reads off for this source.
    */
   private async fetchDirect (digest: Digest, start: number, end: number, into: Buffer, what: string, signal: AbortSignal | undefined, onProgress: ((filled: number) => void) | undefined): Promise<boolean> {
     const read = this.store.readBlobRange
@@ -149,10 +148,9 @@ export class RegistryRangeSource implements RangeSource {
         this.directStats.served++
         return true
       }
-      const status = out.status ?? 0
-      if (status === 0 || status === 206 || (status >= 300 && status < 400)) {
+      if (out.stop) {
         this.direct = false
-        this.log.debug({ status }, 'direct range reads off for this source')
+        this.log.debug({ status: out.status, reason: out.reason }, 'direct range reads off for this source')
       }
       return false
     } catch (err) {

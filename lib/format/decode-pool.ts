@@ -156,8 +156,9 @@ export class ChunkDecodePool {
    * `dataStart` in the blob). `owned`: the caller hands `data` over (its ArrayBuffer may be
    * transferred to a worker and detached here); otherwise it is copied, unless it is on a
    * SharedArrayBuffer: then the workers read it in place (the caller keeps it unchanged until
-   * this settles, or accepts that chunks read while it changed fail their digest check). Every chunk's entry is
-   * its bytes or its error; rejects only for a ref outside `data` (NAIAD_INTERNAL, a caller bug).
+   * this settles, or accepts that chunks read while it changed fail their digest check). Every
+   * chunk's entry is its bytes or its error; rejects only for a ref outside `data`
+   * (NAIAD_INTERNAL, a caller bug).
    */
   async decode (refs: readonly ChunkRef[], data: Buffer, dataStart: number, owned = false): Promise<Array<Buffer | NaiadError>> {
     return await this.run(refs, data, dataStart, owned, undefined) as Array<Buffer | NaiadError>

@@ -441,7 +441,7 @@ export class RegistryClient {
    * arrived.
    */
   async readBlobRange (repository: string, digest: Digest, start: number, end: number, into: Buffer, opts: AbortOptions & { onProgress?: (filled: number) => void } = {}): Promise<DirectRangeOutcome> {
-    if (this.injected !== undefined || !this.baseUrl.startsWith('http:')) return { served: false, status: 0, reason: this.injected !== undefined ? 'an injected dispatcher' : 'https' }
+    if (this.injected !== undefined || !this.baseUrl.startsWith('http:')) return { served: false, status: 0, reason: this.injected !== undefined ? 'an injected dispatcher' : 'https', stop: true }
     if (this.closing !== undefined) throw new NaiadError('NAIAD_CLOSED', `registry client for ${this.endpoint} is closed`)
     checkRepository(repository)
     parseDigest(digest)

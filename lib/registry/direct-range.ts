@@ -19,8 +19,13 @@
 import { connect, type Socket } from 'node:net'
 import { NaiadError } from '../errors/index.ts'
 
-/** The outcome of one read: the bytes are in the buffer, or the server answered otherwise. */
-export type DirectRangeOutcome = { served: true } | { served: false, status: number, reason: string }
+/**
+ * The outcome of one read: the bytes are in the buffer, or the server answered otherwise. `stop`:
+ * the answer says later ranges from this server will not be served directly either (a redirect,
+ * a 206 in a form not taken, or no direct read possible at all), so a caller stops trying; other
+ * answers (401 with an expired token, 404, 5xx) are about this request only.
+ */
+export type DirectRangeOutcome = { served: true } | { served: false, status: number, reason: string, stop: boolean }
 
 export interface DirectRangeReaderOptions {
   /** Waiting for the response head, and between two reads of the body (default 30 s). */
@@ -249,7 +254,7 @@ export class DirectRangeReader {
       // not ours to handle: the caller asks again through its client; the body is not read
       conn.ex = undefined
       conn.socket.destroy()
-      ex.done(undefined, { served: false, status: parsed.status, reason: check })
+      ex.done(undefined, { served: false, status: parsed.status, reason: check, stop: parsed.status === 206 || (parsed.status >= 300 && parsed.status < 400) })
       return false
     }
     ex.close = parsed.headers.get('connection')?.toLowerCase().split(',').some(t => t.trim() === 'close') === true
